@@ -1,0 +1,272 @@
+"""``bridge emulator``: run the local Data Pipeline service, or talk to its admin API."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import urllib.error
+import urllib.request
+from types import FrameType
+from typing import Any
+
+import click
+
+from emulator.config import Rehandout, ServiceConfig, TaskObjects
+from emulator.server import serve
+from emulator.service import Service
+from emulator.sigv4 import Credentials
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8999
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_UNAVAILABLE = 3
+
+
+@click.group(invoke_without_command=True)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="BRIDGE_EMULATOR_HOST",
+    help="Address to bind. Keep 127.0.0.1 unless others must reach it.",
+)
+@click.option(
+    "--port",
+    default=DEFAULT_PORT,
+    show_default=True,
+    type=int,
+    envvar="BRIDGE_EMULATOR_PORT",
+    help="Port to bind; 0 picks a free one (printed at start).",
+)
+@click.option(
+    "--poll-wait",
+    default=90.0,
+    show_default=True,
+    type=float,
+    envvar="BRIDGE_EMULATOR_POLL_WAIT",
+    help="Seconds a PollForTask is held when no task is ready (AWS: 90).",
+)
+@click.option(
+    "--ack-timeout",
+    default=120.0,
+    show_default=True,
+    type=float,
+    envvar="BRIDGE_EMULATOR_ACK_TIMEOUT",
+    help="Seconds a runner has to acknowledge a task with ReportTaskProgress (AWS: 2 minutes).",
+)
+@click.option(
+    "--progress-timeout",
+    default=900.0,
+    show_default=True,
+    type=float,
+    envvar="BRIDGE_EMULATOR_PROGRESS_TIMEOUT",
+    help="Seconds between progress reports when the object has no reportProgressTimeout (AWS: 15 min).",
+)
+@click.option(
+    "--rehandout",
+    type=click.Choice([m.value for m in Rehandout]),
+    default=Rehandout.NEW_ATTEMPT.value,
+    show_default=True,
+    envvar="BRIDGE_EMULATOR_REHANDOUT",
+    help="What a missed deadline does: a new attempt (the old one TIMEDOUT) or the same task again.",
+)
+@click.option(
+    "--task-objects",
+    type=click.Choice([m.value for m in TaskObjects]),
+    default=TaskObjects.FULL.value,
+    show_default=True,
+    envvar="BRIDGE_EMULATOR_TASK_OBJECTS",
+    help="'full': the attempt plus every object it refers to; 'attempt-only': as AWS's only example.",
+)
+@click.option(
+    "--time-scale",
+    default=1.0,
+    show_default=True,
+    type=float,
+    envvar="BRIDGE_EMULATOR_TIME_SCALE",
+    help="Divide every Period in definitions (retryDelay, attemptTimeout, ...) by this, after validation.",
+)
+@click.option(
+    "--state",
+    "state_path",
+    default=None,
+    envvar="BRIDGE_EMULATOR_STATE",
+    type=click.Path(dir_okay=False),
+    help="SQLite file that keeps state across restarts (default: memory only).",
+)
+@click.option(
+    "--require-auth/--no-require-auth",
+    default=False,
+    envvar="BRIDGE_EMULATOR_REQUIRE_AUTH",
+    help="Verify SigV4 signatures against --credentials.",
+)
+@click.option(
+    "--credentials",
+    default="",
+    envvar="BRIDGE_EMULATOR_CREDENTIALS",
+    show_envvar=True,
+    help="Access keys accepted with --require-auth, as KEYID:SECRET[,KEYID:SECRET...].",
+)
+@click.option(
+    "--default-maximum-retries",
+    default=2,
+    show_default=True,
+    type=int,
+    help="maximumRetries when a definition sets none (AWS's default is unconfirmed).",
+)
+@click.option(
+    "--default-retry-delay",
+    default=600.0,
+    show_default=True,
+    type=float,
+    help="retryDelay in seconds when a definition sets none (scaled by --time-scale).",
+)
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    envvar="BRIDGE_LOG_LEVEL",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+@click.pass_context
+def emulator(ctx: click.Context, /, **opts: Any) -> None:
+    """Run the local AWS Data Pipeline service (boto3 and the AWS CLI work against it unchanged).
+
+    Point clients at it with --endpoint-url (or AWS_ENDPOINT_URL). Any credentials are accepted
+    unless --require-auth is set.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    logging.basicConfig(level=opts["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    credentials = None
+    if opts["require_auth"]:
+        try:
+            credentials = Credentials.parse(opts["credentials"])
+        except ValueError as exc:
+            click.echo(f"error: --credentials: {exc}", err=True)
+            sys.exit(EXIT_CONFIG)
+    try:
+        config = ServiceConfig(
+            poll_wait_s=opts["poll_wait"],
+            ack_timeout_s=opts["ack_timeout"],
+            progress_timeout_s=opts["progress_timeout"],
+            rehandout=Rehandout(opts["rehandout"]),
+            task_objects=TaskObjects(opts["task_objects"]),
+            time_scale=opts["time_scale"],
+            state_path=opts["state_path"],
+            require_auth=opts["require_auth"],
+            default_maximum_retries=opts["default_maximum_retries"],
+            default_retry_delay_s=opts["default_retry_delay"],
+        )
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    run_server(config, opts["host"], opts["port"], credentials)
+
+
+def run_server(config: ServiceConfig, host: str, port: int, credentials: Credentials | None) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    service = Service(config)
+    try:
+        server = serve(service, host, port, credentials)
+    except OSError as exc:
+        click.echo(f"error: cannot bind {host}:{port}: {exc.strerror}", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
+    service.start()
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stopping.is_set():
+            os._exit(1)
+        stopping.set()
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    click.echo(f"Local Data Pipeline service listening on {server.url}", nl=True)
+    sys.stdout.flush()
+    # Shutdown order: stop accepting, stop timers (flushing state), close the socket.
+    server.serve_forever(poll_interval=0.2)
+    service.stop()
+    server.server_close()
+    click.echo("Local Data Pipeline service stopped.")
+
+
+# -- admin --------------------------------------------------------------------------------------
+
+
+def admin_call(endpoint_url: str, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """POST one admin action and return the JSON reply.
+
+    Raises:
+        click.ClickException: when the service answers an error or cannot be reached.
+    """
+    request = urllib.request.Request(
+        endpoint_url.rstrip("/") + "/_admin/" + action,
+        data=json.dumps(body or {}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            result: dict[str, Any] = json.loads(reply.read() or b"{}")
+            return result
+    except urllib.error.HTTPError as exc:
+        detail = json.loads(exc.read() or b"{}")
+        raise click.ClickException(f"{action}: {detail.get('message', exc.reason)}") from exc
+    except urllib.error.URLError as exc:
+        raise click.ClickException(f"cannot reach {endpoint_url}: {exc.reason}") from exc
+
+
+@emulator.group()
+@click.option(
+    "--endpoint-url",
+    envvar=["BRIDGE_ENDPOINT_URL", "AWS_ENDPOINT_URL"],
+    show_envvar=True,
+    default=f"http://127.0.0.1:{DEFAULT_PORT}",
+    show_default=True,
+    help="The local service's URL.",
+)
+@click.pass_context
+def admin(ctx: click.Context, endpoint_url: str) -> None:
+    """Talk to a running local service's admin API (POST /_admin/<action>)."""
+    ctx.obj = endpoint_url
+
+
+def _print(result: dict[str, Any]) -> None:
+    click.echo(json.dumps(result, indent=2, sort_keys=True))
+
+
+@admin.command("terminate-runner")
+@click.argument("taskrunner_id")
+@click.pass_obj
+def terminate_runner(endpoint_url: str, taskrunner_id: str) -> None:
+    """Make TASKRUNNER_ID's next heartbeat answer terminate: true."""
+    _print(admin_call(endpoint_url, "terminate-runner", {"taskrunnerId": taskrunner_id}))
+
+
+@admin.command()
+@click.pass_obj
+def counters(endpoint_url: str) -> None:
+    """Calls per operation, with how many were throttled, faulted, dropped or errors."""
+    _print(admin_call(endpoint_url, "counters"))
+
+
+@admin.command()
+@click.pass_obj
+def runners(endpoint_url: str) -> None:
+    """Task runners that sent ReportTaskRunnerHeartbeat."""
+    _print(admin_call(endpoint_url, "runners"))
+
+
+@admin.command()
+@click.pass_obj
+def stats(endpoint_url: str) -> None:
+    """Sizes of the service's state (pipelines, instances, queued tasks per worker group)."""
+    _print(admin_call(endpoint_url, "stats"))

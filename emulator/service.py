@@ -1,0 +1,541 @@
+"""The Data Pipeline API operations, dispatched by name, on top of the state and the lifecycle."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import string
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from emulator.clock import Clock, stamp
+from emulator.config import ServiceConfig
+from emulator.definition import effective_fields
+from emulator.errors import (
+    InvalidRequestException,
+    PipelineDeletedException,
+    PipelineNotFoundException,
+    UnknownOperationException,
+)
+from emulator.lifecycle import Lifecycle
+from emulator.model import FINAL, Field, Instance, Pipeline, PipelineState, Runner, Status
+from emulator.shapes import validate_input
+from emulator.state import State
+from emulator.store import MemoryStore, SqliteStore, Store
+from emulator.validation import Limits, validate_definition
+from emulator.views import (
+    attempt_fields,
+    check_selectors,
+    component_fields,
+    instance_fields,
+    matches,
+    task_object,
+)
+
+log = logging.getLogger(__name__)
+
+Params = dict[str, Any]
+GoneCheck = Callable[[], bool]
+
+
+def new_pipeline_id() -> str:
+    """``df-`` plus 19 upper-case alphanumerics, like AWS's ids."""
+    alphabet = string.ascii_uppercase + string.digits
+    return "df-" + "".join(secrets.choice(alphabet) for _ in range(19))
+
+
+class Service:
+    """The local Data Pipeline service, independent of HTTP.
+
+    Args:
+        config: Settings.
+        store: Where state survives restarts (default: from ``config.state_path``).
+        clock: The service clock (default: real time at ``config.clock_speed``).
+    """
+
+    def __init__(self, config: ServiceConfig, store: Store | None = None, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or Clock(config.clock_speed)
+        if store is None:
+            store = SqliteStore(config.state_path) if config.state_path else MemoryStore()
+        self.state = State(config, self.clock, store)
+        self.lifecycle = Lifecycle(self.state)
+        self.limits = Limits()
+        self._stop = threading.Event()
+        self._timer_thread: threading.Thread | None = None
+        self._ops: dict[str, Callable[[Params], Params]] = {
+            name: getattr(self, "op_" + name) for name in OPERATIONS if name != "PollForTask"
+        }
+
+    # -- lifecycle of the service itself ----------------------------------------------------------
+
+    def start(self) -> None:
+        """Load stored state, re-arm deadlines and start the timer thread."""
+        with self.state.lock:
+            self.state.load()
+            self.lifecycle.recover()
+            self.state.flush()
+        self._timer_thread = threading.Thread(
+            target=self.state.run_timers, args=(self.lifecycle.timer_handlers(), self._stop), name="timers", daemon=True
+        )
+        self._timer_thread.start()
+
+    def stop(self) -> None:
+        """Stop the timers and close the store. Idempotent."""
+        self._stop.set()
+        self.state.wake_timers()
+        if self._timer_thread is not None:
+            self._timer_thread.join(timeout=5)
+        with self.state.lock:
+            self.state.flush()
+            self.state.store.close()
+
+    # -- dispatch ---------------------------------------------------------------------------------
+
+    def call(self, operation: str, params: object, gone: GoneCheck | None = None) -> Params:
+        """Run one API operation.
+
+        Raises:
+            ServiceError: any error the API defines, in AWS's shape.
+        """
+        if operation not in OPERATIONS:
+            raise UnknownOperationException(f"Operation {operation} is not supported.")
+        checked = validate_input(operation, params)
+        if operation == "PollForTask":
+            return self.poll_for_task(checked, gone or (lambda: False))
+        with self.state.lock:
+            try:
+                return self._ops[operation](checked)
+            finally:
+                self.state.flush()
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _pipeline(self, pipeline_id: str, *, allow_deleted: bool = False) -> Pipeline:
+        pipeline = self.state.pipelines.get(pipeline_id)
+        if pipeline is None:
+            raise PipelineNotFoundException(
+                f"Pipeline {pipeline_id} not found. Check the user and account identifiers."
+            )
+        if pipeline.deleted and not allow_deleted:
+            raise PipelineDeletedException(f"Pipeline {pipeline_id} has been deleted.")
+        return pipeline
+
+    def _instances(self, pipeline_id: str) -> list[Instance]:
+        return [i for (pid, _), i in self.state.instances.items() if pid == pipeline_id]
+
+    @staticmethod
+    def _page(items: list[Any], marker: str | None, size: int) -> tuple[list[Any], str | None]:
+        try:
+            start = int(marker) if marker else 0
+        except ValueError as exc:
+            raise InvalidRequestException(f"Invalid marker {marker!r}.") from exc
+        page = items[start : start + size]
+        more = start + size < len(items)
+        return page, (str(start + size) if more else None)
+
+    # -- pipelines --------------------------------------------------------------------------------
+
+    def op_CreatePipeline(self, p: Params) -> Params:
+        for pipeline in self.state.pipelines.values():
+            if not pipeline.deleted and pipeline.name == p["name"] and pipeline.unique_id == p["uniqueId"]:
+                return {"pipelineId": pipeline.pipeline_id}
+        tags = {t["key"]: t["value"] for t in p.get("tags", [])}
+        if len(tags) > 10:
+            raise InvalidRequestException("A pipeline can have at most 10 tags.")
+        pipeline = Pipeline(
+            pipeline_id=new_pipeline_id(),
+            name=p["name"],
+            unique_id=p["uniqueId"],
+            description=p.get("description", ""),
+            created_at=self.clock.now(),
+            tags=tags,
+        )
+        self.state.pipelines[pipeline.pipeline_id] = pipeline
+        self.state.touch(pipeline)
+        log.info("created pipeline %s (%s)", pipeline.pipeline_id, pipeline.name)
+        return {"pipelineId": pipeline.pipeline_id}
+
+    def op_DeletePipeline(self, p: Params) -> Params:
+        pipeline = self._pipeline(p["pipelineId"], allow_deleted=True)
+        if pipeline.deleted:
+            raise PipelineNotFoundException(f"Pipeline {pipeline.pipeline_id} not found.")
+        for instance in self._instances(pipeline.pipeline_id):
+            self.lifecycle.cancel(instance, "The pipeline was deleted.")
+        pipeline.deleted = True
+        self.state.touch(pipeline)
+        log.info("deleted pipeline %s", pipeline.pipeline_id)
+        return {}
+
+    def op_ListPipelines(self, p: Params) -> Params:
+        live = sorted((x for x in self.state.pipelines.values() if not x.deleted), key=lambda x: x.created_at)
+        page, marker = self._page(live, p.get("marker"), self.config.list_page_size)
+        out: Params = {"pipelineIdList": [{"id": x.pipeline_id, "name": x.name} for x in page]}
+        out["hasMoreResults"] = marker is not None
+        if marker:
+            out["marker"] = marker
+        return out
+
+    def op_DescribePipelines(self, p: Params) -> Params:
+        ids = p["pipelineIds"]
+        if len(ids) > 25:
+            raise InvalidRequestException("DescribePipelines accepts at most 25 pipeline ids.")
+        out = []
+        for pipeline_id in ids:
+            x = self._pipeline(pipeline_id)
+            fields = [
+                ("@pipelineState", str(x.state)),
+                ("description", x.description),
+                ("name", x.name),
+                ("@creationTime", stamp(x.created_at)),
+                ("@id", x.pipeline_id),
+                ("@sphere", "PIPELINE"),
+                ("@version", str(x.version)),
+                ("@userId", self.config.account_id),
+                ("@accountId", self.config.account_id),
+                ("uniqueId", x.unique_id),
+                ("@latestRunTime", stamp(x.activated_at) if x.activated_at else None),
+            ]
+            out.append(
+                {
+                    "pipelineId": x.pipeline_id,
+                    "name": x.name,
+                    "description": x.description,
+                    "fields": [{"key": k, "stringValue": v} for k, v in fields if v is not None],
+                    "tags": [{"key": k, "value": v} for k, v in x.tags.items()],
+                }
+            )
+        return {"pipelineDescriptionList": out}
+
+    def _validate(self, p: Params) -> Params:
+        result = validate_definition(
+            p["pipelineObjects"], p.get("parameterObjects", []), p.get("parameterValues", []), self.limits
+        )
+        return {
+            "validationErrors": result.errors,
+            "validationWarnings": result.warnings,
+            "errored": bool(result.errors),
+        }
+
+    def op_ValidatePipelineDefinition(self, p: Params) -> Params:
+        self._pipeline(p["pipelineId"])
+        return self._validate(p)
+
+    def op_PutPipelineDefinition(self, p: Params) -> Params:
+        pipeline = self._pipeline(p["pipelineId"])
+        out = self._validate(p)
+        pipeline.objects = p["pipelineObjects"]
+        pipeline.parameter_objects = p.get("parameterObjects", [])
+        pipeline.parameter_values = p.get("parameterValues", [])
+        pipeline.errored = out["errored"]
+        pipeline.version += 1
+        self.state.touch(pipeline)
+        return out
+
+    def op_GetPipelineDefinition(self, p: Params) -> Params:
+        pipeline = self._pipeline(p["pipelineId"])
+        version = p.get("version", "latest")
+        if version not in ("latest", "active"):
+            raise InvalidRequestException("version must be 'latest' or 'active'.")
+        if version == "active":
+            if pipeline.active_objects is None:
+                raise InvalidRequestException(f"Pipeline {pipeline.pipeline_id} has never been activated.")
+            return {
+                "pipelineObjects": pipeline.active_objects,
+                "parameterObjects": pipeline.parameter_objects,
+                "parameterValues": pipeline.active_parameter_values,
+            }
+        return {
+            "pipelineObjects": pipeline.objects,
+            "parameterObjects": pipeline.parameter_objects,
+            "parameterValues": pipeline.parameter_values,
+        }
+
+    def op_ActivatePipeline(self, p: Params) -> Params:
+        pipeline = self._pipeline(p["pipelineId"])
+        if not pipeline.objects:
+            raise InvalidRequestException(f"Pipeline {pipeline.pipeline_id} has no pipeline definition.")
+        values = p.get("parameterValues") or pipeline.parameter_values
+        if p.get("parameterValues"):
+            check = validate_definition(pipeline.objects, pipeline.parameter_objects, values, self.limits)
+            if check.errors:
+                raise InvalidRequestException(f"Pipeline definition has errors: {_first_error(check.errors)}")
+        elif pipeline.errored:
+            raise InvalidRequestException(
+                "Pipeline definition has errors: fix them and call PutPipelineDefinition again."
+            )
+        pipeline.active_objects = pipeline.objects
+        pipeline.active_parameter_values = values
+        pipeline.state = PipelineState.SCHEDULED
+        pipeline.activated_at = self.clock.now()
+        self.state.touch(pipeline)
+        instances = self._instances(pipeline.pipeline_id)
+        if instances and not all(i.status in FINAL for i in instances):
+            self._resume(pipeline, instances)
+        else:
+            self._start_runs(pipeline)
+        log.info("activated pipeline %s", pipeline.pipeline_id)
+        return {}
+
+    def _start_runs(self, pipeline: Pipeline) -> None:
+        """Start the run(s) due at activation. On-demand: one run now."""
+        now = self.clock.now()
+        pipeline.runs += 1
+        self.lifecycle.start_run(pipeline, now, now)
+
+    def _resume(self, pipeline: Pipeline, instances: list[Instance]) -> None:
+        """Re-offer the open attempts of a reactivated pipeline."""
+        for instance in instances:
+            attempt = self.state.attempts.get((pipeline.pipeline_id, instance.head_attempt or ""))
+            if attempt is not None and attempt.open and attempt.handed_out_at is None:
+                self.lifecycle.offer(attempt, instance)
+
+    def op_DeactivatePipeline(self, p: Params) -> Params:
+        pipeline = self._pipeline(p["pipelineId"])
+        pipeline.state = PipelineState.INACTIVE
+        self.state.touch(pipeline)
+        if p.get("cancelActive", True):
+            for instance in self._instances(pipeline.pipeline_id):
+                if instance.status == Status.RUNNING or self._handed_out(instance):
+                    self.lifecycle.cancel(instance, "The pipeline was deactivated.")
+        return {}
+
+    def _handed_out(self, instance: Instance) -> bool:
+        attempt = self.state.attempts.get((instance.pipeline_id, instance.head_attempt or ""))
+        return attempt is not None and attempt.open and attempt.handed_out_at is not None
+
+    def op_AddTags(self, p: Params) -> Params:
+        pipeline = self._pipeline(p["pipelineId"])
+        tags = dict(pipeline.tags)
+        tags.update({t["key"]: t["value"] for t in p["tags"]})
+        if len(tags) > 10:
+            raise InvalidRequestException("A pipeline can have at most 10 tags.")
+        pipeline.tags = tags
+        self.state.touch(pipeline)
+        return {}
+
+    def op_RemoveTags(self, p: Params) -> Params:
+        pipeline = self._pipeline(p["pipelineId"])
+        for key in p["tagKeys"]:
+            pipeline.tags.pop(key, None)
+        self.state.touch(pipeline)
+        return {}
+
+    def op_SetStatus(self, p: Params) -> Params:
+        pipeline = self._pipeline(p["pipelineId"])
+        status = p["status"].upper()
+        targets: list[Instance] = []
+        for object_id in p["objectIds"]:
+            instance = self.state.instances.get((pipeline.pipeline_id, object_id))
+            if instance is None:
+                raise InvalidRequestException(
+                    f"Object {object_id!r} is not an instance of pipeline {pipeline.pipeline_id}"
+                    " (this service supports SetStatus on instances)."
+                )
+            targets.append(instance)
+        for instance in targets:
+            if status in ("TRY_CANCEL", "CANCEL"):
+                self.lifecycle.cancel(instance, "Canceled by SetStatus.")
+            elif status == "MARK_FINISHED":
+                self.lifecycle.cancel(instance, "Marked finished by SetStatus.")
+                instance.status = Status.FINISHED
+                self.state.touch(instance)
+                for dependent in self.lifecycle.dependents(instance):
+                    self.lifecycle.advance(dependent)
+            elif status == "RERUN":
+                self._rerun(instance)
+            else:
+                raise InvalidRequestException(f"Status {status!r} is not valid for instances.")
+        return {}
+
+    def _rerun(self, instance: Instance) -> None:
+        if instance.status not in FINAL:
+            raise InvalidRequestException(f"Instance {instance.instance_id} is still {instance.status}.")
+        instance.status = Status.WAITING_ON_DEPENDENCIES
+        instance.failures = 0
+        instance.error_id = instance.error_message = instance.error_stack_trace = None
+        instance.cascade_failed_on = None
+        instance.actual_end = None
+        self.state.touch(instance)
+        self.lifecycle.advance(instance)
+
+    # -- objects ----------------------------------------------------------------------------------
+
+    def _render(self, pipeline: Pipeline, object_id: str) -> tuple[str, list[Field]] | None:
+        """(name, fields) of a component, instance or attempt, or ``None``."""
+        instance = self.state.instances.get((pipeline.pipeline_id, object_id))
+        if instance is not None:
+            return object_id, instance_fields(self.state, instance)
+        attempt = self.state.attempts.get((pipeline.pipeline_id, object_id))
+        if attempt is not None:
+            owner = self.state.instances[(pipeline.pipeline_id, attempt.instance_id)]
+            return object_id, attempt_fields(owner, attempt)
+        by_id = {obj["id"]: obj for obj in pipeline.objects}
+        if object_id in by_id:
+            return by_id[object_id].get("name", object_id), component_fields(pipeline, by_id, object_id)
+        return None
+
+    def op_DescribeObjects(self, p: Params) -> Params:
+        pipeline = self._pipeline(p["pipelineId"])
+        out = []
+        for object_id in p["objectIds"]:
+            rendered = self._render(pipeline, object_id)
+            if rendered is None:
+                continue
+            name, fields = rendered
+            out.append(
+                {
+                    "id": object_id,
+                    "name": name,
+                    "fields": [{"key": k, "refValue" if ref else "stringValue": v} for k, v, ref in fields],
+                }
+            )
+        return {"pipelineObjects": out, "hasMoreResults": False}
+
+    def op_QueryObjects(self, p: Params) -> Params:
+        pipeline = self._pipeline(p["pipelineId"])
+        selectors = (p.get("query") or {}).get("selectors") or []
+        check_selectors(selectors)
+        sphere = p["sphere"]
+        if sphere == "COMPONENT":
+            ids = [obj["id"] for obj in pipeline.objects]
+        elif sphere == "INSTANCE":
+            ids = [i.instance_id for i in self._instances(pipeline.pipeline_id)]
+        else:
+            ids = [a.attempt_id for (pid, _), a in self.state.attempts.items() if pid == pipeline.pipeline_id]
+        hits = []
+        for object_id in ids:
+            rendered = self._render(pipeline, object_id)
+            if rendered is not None and matches(rendered[1], rendered[0], selectors):
+                hits.append(object_id)
+        limit = p.get("limit") or 100
+        page, marker = self._page(hits, p.get("marker"), limit)
+        out: Params = {"ids": page, "hasMoreResults": marker is not None}
+        if marker:
+            out["marker"] = marker
+        return out
+
+    def op_EvaluateExpression(self, p: Params) -> Params:
+        self._pipeline(p["pipelineId"])
+        expression = p["expression"]
+        if "#{" in expression:
+            raise InvalidRequestException("Expression evaluation is not available in this version of the service.")
+        return {"evaluatedExpression": expression}
+
+    # -- the task-runner API ----------------------------------------------------------------------
+
+    def poll_for_task(self, p: Params, gone: GoneCheck) -> Params:
+        """Hold up to ``poll_wait_s`` for a task of exactly this worker group."""
+        group = p["workerGroup"]
+        deadline = time.monotonic() + self.config.poll_wait_s
+        with self.state.lock:
+            cond = self.state.condition(group)
+            while True:
+                skeleton = self.lifecycle.take(group, p.get("hostname"))
+                if skeleton is not None:
+                    task = self._task_object(skeleton)
+                    self.state.flush()
+                    return {"taskObject": task}
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stop.is_set() or gone():
+                    return {}
+                cond.wait(min(remaining, 0.5))
+
+    def _task_object(self, skeleton: Params) -> Params:
+        key = (skeleton["pipelineId"], skeleton["attemptId"])
+        attempt = self.state.attempts[key]
+        instance = self.state.instances[(attempt.pipeline_id, attempt.instance_id)]
+        pipeline = self.state.pipelines[attempt.pipeline_id]
+        return task_object(self.state, pipeline, instance, attempt, skeleton, lambda _object_id: None)
+
+    def requeue(self, task_id: str) -> None:
+        """The reply carrying ``task_id`` was never delivered: offer the task again."""
+        with self.state.lock:
+            self.lifecycle.requeue(task_id)
+            self.state.flush()
+
+    def op_ReportTaskProgress(self, p: Params) -> Params:
+        return {"canceled": self.lifecycle.report_progress(p["taskId"])}
+
+    def op_SetTaskStatus(self, p: Params) -> Params:
+        self.lifecycle.set_task_status(
+            p["taskId"], p["taskStatus"], p.get("errorId"), p.get("errorMessage"), p.get("errorStackTrace")
+        )
+        return {}
+
+    def op_ReportTaskRunnerHeartbeat(self, p: Params) -> Params:
+        runner = self.state.runners.get(p["taskrunnerId"])
+        now = self.clock.now()
+        if runner is None:
+            runner = Runner(p["taskrunnerId"], p.get("workerGroup"), p.get("hostname"), now)
+            self.state.runners[runner.taskrunner_id] = runner
+        runner.worker_group = p.get("workerGroup", runner.worker_group)
+        runner.hostname = p.get("hostname", runner.hostname)
+        runner.last_heartbeat = now
+        runner.heartbeats += 1
+        self.state.touch(runner)
+        return {"terminate": runner.terminate}
+
+    # -- admin ------------------------------------------------------------------------------------
+
+    def terminate_runner(self, taskrunner_id: str) -> None:
+        """Make the runner's next heartbeat answer ``terminate: true``."""
+        with self.state.lock:
+            runner = self.state.runners.get(taskrunner_id)
+            if runner is None:
+                runner = Runner(taskrunner_id, None, None, 0.0, heartbeats=0)
+                self.state.runners[taskrunner_id] = runner
+            runner.terminate = True
+            self.state.touch(runner)
+            self.state.flush()
+
+    def runners(self) -> list[dict[str, Any]]:
+        """Every runner that has sent a heartbeat (or was asked to terminate)."""
+        with self.state.lock:
+            return [
+                {
+                    "taskrunnerId": r.taskrunner_id,
+                    "workerGroup": r.worker_group,
+                    "hostname": r.hostname,
+                    "lastHeartbeat": stamp(r.last_heartbeat) if r.heartbeats else None,
+                    "heartbeats": r.heartbeats,
+                    "terminate": r.terminate,
+                }
+                for r in self.state.runners.values()
+            ]
+
+    def effective(self, pipeline_id: str, object_id: str) -> list[Field]:
+        """An object's effective fields (for tests and the admin API)."""
+        with self.state.lock:
+            pipeline = self._pipeline(pipeline_id)
+            return effective_fields({o["id"]: o for o in pipeline.objects}, object_id)
+
+
+def _first_error(errors: Sequence[Mapping[str, Any]]) -> str:
+    first = errors[0]
+    return f"{first['id']}: {first['errors'][0]}"
+
+
+OPERATIONS = (
+    "ActivatePipeline",
+    "AddTags",
+    "CreatePipeline",
+    "DeactivatePipeline",
+    "DeletePipeline",
+    "DescribeObjects",
+    "DescribePipelines",
+    "EvaluateExpression",
+    "GetPipelineDefinition",
+    "ListPipelines",
+    "PollForTask",
+    "PutPipelineDefinition",
+    "QueryObjects",
+    "RemoveTags",
+    "ReportTaskProgress",
+    "ReportTaskRunnerHeartbeat",
+    "SetStatus",
+    "SetTaskStatus",
+    "ValidatePipelineDefinition",
+)
