@@ -16,9 +16,11 @@ from typing import Any
 import click
 
 from emulator.config import Rehandout, ServiceConfig, TaskObjects
+from emulator.faults import FaultConfig, Faults, PerOperation
 from emulator.server import serve
 from emulator.service import Service
 from emulator.sigv4 import Credentials
+from emulator.throttle import Rate, Throttle, parse_rates
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,23 @@ DEFAULT_PORT = 8999
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 3
+
+
+def _rates(_ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]) -> dict[str, Rate]:
+    try:
+        return parse_rates(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def _per_operation(fraction: bool) -> Any:
+    def parse(_ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]) -> PerOperation:
+        try:
+            return PerOperation.parse(value, fraction=fraction)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from exc
+
+    return parse
 
 
 @click.group(invoke_without_command=True)
@@ -128,6 +147,52 @@ EXIT_UNAVAILABLE = 3
     help="retryDelay in seconds when a definition sets none (scaled by --time-scale).",
 )
 @click.option(
+    "--no-throttle/--throttle",
+    "no_throttle",
+    default=False,
+    envvar="BRIDGE_EMULATOR_NO_THROTTLE",
+    help="Turn off AWS's per-operation call limits (on by default).",
+)
+@click.option(
+    "--rate",
+    multiple=True,
+    callback=_rates,
+    envvar="BRIDGE_EMULATOR_RATES",
+    metavar="OP=RATE/BURST",
+    help="Override one operation's limit, e.g. PollForTask=5/10 (calls/s, burst). Repeatable.",
+)
+@click.option(
+    "--fault-rate",
+    multiple=True,
+    callback=_per_operation(fraction=True),
+    envvar="BRIDGE_EMULATOR_FAULT_RATE",
+    metavar="[OP=]P",
+    help="Answer this fraction of calls 500 InternalServiceError without running them. Repeatable.",
+)
+@click.option(
+    "--latency-ms",
+    multiple=True,
+    callback=_per_operation(fraction=False),
+    envvar="BRIDGE_EMULATOR_LATENCY_MS",
+    metavar="[OP=]MS",
+    help="Wait this long before running each call. Repeatable.",
+)
+@click.option(
+    "--drop-rate",
+    multiple=True,
+    callback=_per_operation(fraction=True),
+    envvar="BRIDGE_EMULATOR_DROP_RATE",
+    metavar="[OP=]P",
+    help="Run this fraction of calls, then close the connection without a reply. Repeatable.",
+)
+@click.option(
+    "--fault-seed",
+    type=int,
+    default=None,
+    envvar="BRIDGE_EMULATOR_FAULT_SEED",
+    help="Seed for the fault draws, for reproducible runs.",
+)
+@click.option(
     "--log-level",
     default="INFO",
     show_default=True,
@@ -167,14 +232,27 @@ def emulator(ctx: click.Context, /, **opts: Any) -> None:
     except ValueError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
-    run_server(config, opts["host"], opts["port"], credentials)
+    throttle = None if opts["no_throttle"] else Throttle.aws(opts["rate"])
+    faults = Faults(FaultConfig(opts["fault_rate"], opts["latency_ms"], opts["drop_rate"], opts["fault_seed"]))
+    if throttle is None:
+        log.info("throttling is off")
+    if faults.config.active:
+        log.warning("injecting faults: %s", json.dumps(faults.describe(), sort_keys=True))
+    run_server(config, opts["host"], opts["port"], credentials, throttle, faults)
 
 
-def run_server(config: ServiceConfig, host: str, port: int, credentials: Credentials | None) -> None:
+def run_server(
+    config: ServiceConfig,
+    host: str,
+    port: int,
+    credentials: Credentials | None,
+    throttle: Throttle | None = None,
+    faults: Faults | None = None,
+) -> None:
     """Serve until SIGTERM or SIGINT."""
     service = Service(config)
     try:
-        server = serve(service, host, port, credentials)
+        server = serve(service, host, port, credentials, throttle, faults)
     except OSError as exc:
         click.echo(f"error: cannot bind {host}:{port}: {exc.strerror}", err=True)
         sys.exit(EXIT_UNAVAILABLE)
@@ -256,6 +334,30 @@ def terminate_runner(endpoint_url: str, taskrunner_id: str) -> None:
 def counters(endpoint_url: str) -> None:
     """Calls per operation, with how many were throttled, faulted, dropped or errors."""
     _print(admin_call(endpoint_url, "counters"))
+
+
+@admin.command("throttle")
+@click.pass_obj
+def throttle_buckets(endpoint_url: str) -> None:
+    """Per throttled operation: tokens in its bucket now, rate (calls/s) and burst."""
+    _print(admin_call(endpoint_url, "throttle"))
+
+
+@admin.command("faults")
+@click.option("--fault-rate", multiple=True, metavar="[OP=]P", help="Replace the error rates (as at start).")
+@click.option("--latency-ms", multiple=True, metavar="[OP=]MS", help="Replace the latencies.")
+@click.option("--drop-rate", multiple=True, metavar="[OP=]P", help="Replace the drop rates.")
+@click.option("--off", is_flag=True, help="Inject nothing from now on (other options given still apply).")
+@click.pass_obj
+def fault_settings(
+    endpoint_url: str, fault_rate: tuple[str, ...], latency_ms: tuple[str, ...], drop_rate: tuple[str, ...], off: bool
+) -> None:
+    """Show the fault injection in force, or change it: each option given replaces that kind for every operation."""
+    body: dict[str, Any] = {"faultRate": [], "latencyMs": [], "dropRate": []} if off else {}
+    for key, values in (("faultRate", fault_rate), ("latencyMs", latency_ms), ("dropRate", drop_rate)):
+        if values:
+            body[key] = list(values)
+    _print(admin_call(endpoint_url, "faults", body))
 
 
 @admin.command()

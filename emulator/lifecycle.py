@@ -46,6 +46,14 @@ def duration_s(value: str | None) -> float | None:
         return None
 
 
+def scaled_value(key: str, value: str, scale: float) -> str:
+    """``value`` divided by ``scale`` when ``key`` is a Period the service enforces (else unchanged)."""
+    if scale == 1 or key not in SCALED_FIELDS:
+        return value
+    seconds = duration_s(value)
+    return value if seconds is None else format_seconds(seconds / scale)
+
+
 class Lifecycle:
     """The state machine of instances and attempts, and the task-runner side of the API."""
 
@@ -125,16 +133,9 @@ class Lifecycle:
 
     def _scaled(self, fields: list[Field]) -> list[Field]:
         scale = self.config.time_scale
-        if scale == 1:
-            return fields
-        out: list[Field] = []
-        for key, value, is_ref in fields:
-            if key in SCALED_FIELDS and not is_ref:
-                seconds = duration_s(value)
-                if seconds is not None:
-                    value = format_seconds(seconds / scale)
-            out.append(Field(key, value, is_ref))
-        return out
+        return [
+            Field(key, value if is_ref else scaled_value(key, value, scale), is_ref) for key, value, is_ref in fields
+        ]
 
     # -- readiness and completion ---------------------------------------------------------------
 
@@ -365,6 +366,22 @@ class Lifecycle:
         """Cancel an unfinished instance; a runner holding its task sees ``canceled: true``."""
         if instance.status in FINAL:
             return
+        self._cancel_head_attempt(instance, reason)
+        instance.error_message = reason
+        self._finish(instance, Status.CANCELED)
+
+    def mark_finished(self, instance: Instance, reason: str) -> None:
+        """Finish an instance by hand (SetStatus MARK_FINISHED) and release its dependents.
+
+        A runner holding its task sees ``canceled: true``. Unlike cancel-then-finish, dependents
+        never see the instance CANCELED, so ``cascade`` does not fail them.
+        """
+        if instance.status == Status.FINISHED:
+            return
+        self._cancel_head_attempt(instance, reason)
+        self._finish(instance, Status.FINISHED)
+
+    def _cancel_head_attempt(self, instance: Instance, reason: str) -> None:
         attempt = self.state.attempts.get((instance.pipeline_id, instance.head_attempt or ""))
         if attempt is not None and attempt.status in (Status.WAITING_FOR_RUNNER, Status.RUNNING):
             attempt.cancel_requested = True
@@ -372,8 +389,6 @@ class Lifecycle:
             attempt.actual_end = self.state.clock.now()
             attempt.error_message = reason
             self.state.touch(attempt)
-        instance.error_message = reason
-        self._finish(instance, Status.CANCELED)
 
     # -- timers ---------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from emulator.errors import (
     PipelineNotFoundException,
     UnknownOperationException,
 )
-from emulator.lifecycle import Lifecycle
+from emulator.lifecycle import Lifecycle, scaled_value
 from emulator.model import FINAL, Field, Instance, Pipeline, PipelineState, Runner, Status
 from emulator.shapes import validate_input
 from emulator.state import State
@@ -131,7 +131,9 @@ class Service:
         try:
             start = int(marker) if marker else 0
         except ValueError as exc:
-            raise InvalidRequestException(f"Invalid marker {marker!r}.") from exc
+            raise InvalidRequestException(f"Invalid marker {str(marker)[:100]!r}.") from exc
+        if start < 0:
+            raise InvalidRequestException(f"Invalid marker {marker!r}.")
         page = items[start : start + size]
         more = start + size < len(items)
         return page, (str(start + size) if more else None)
@@ -339,11 +341,7 @@ class Service:
             if status in ("TRY_CANCEL", "CANCEL"):
                 self.lifecycle.cancel(instance, "Canceled by SetStatus.")
             elif status == "MARK_FINISHED":
-                self.lifecycle.cancel(instance, "Marked finished by SetStatus.")
-                instance.status = Status.FINISHED
-                self.state.touch(instance)
-                for dependent in self.lifecycle.dependents(instance):
-                    self.lifecycle.advance(dependent)
+                self.lifecycle.mark_finished(instance, "Marked finished by SetStatus.")
             elif status == "RERUN":
                 self._rerun(instance)
             else:
@@ -410,7 +408,9 @@ class Service:
             rendered = self._render(pipeline, object_id)
             if rendered is not None and matches(rendered[1], rendered[0], selectors):
                 hits.append(object_id)
-        limit = p.get("limit") or 100
+        limit = p.get("limit", 100)
+        if limit < 1:
+            raise InvalidRequestException(f"limit must be at least 1, got {limit}.")
         page, marker = self._page(hits, p.get("marker"), limit)
         out: Params = {"ids": page, "hasMoreResults": marker is not None}
         if marker:
@@ -448,7 +448,16 @@ class Service:
         attempt = self.state.attempts[key]
         instance = self.state.instances[(attempt.pipeline_id, attempt.instance_id)]
         pipeline = self.state.pipelines[attempt.pipeline_id]
-        return task_object(self.state, pipeline, instance, attempt, skeleton, lambda _object_id: None)
+        task = task_object(self.state, pipeline, instance, attempt, skeleton, lambda _object_id: None)
+        # The attempt's Periods were scaled when its instance was made; referenced objects are
+        # rendered from the definition, so scale theirs here (--time-scale divides every Period).
+        for object_id, obj in task["objects"].items():
+            if object_id == attempt.attempt_id:
+                continue
+            for field in obj["fields"]:
+                if "stringValue" in field:
+                    field["stringValue"] = scaled_value(field["key"], field["stringValue"], self.config.time_scale)
+        return task
 
     def requeue(self, task_id: str) -> None:
         """The reply carrying ``task_id`` was never delivered: offer the task again."""

@@ -140,16 +140,21 @@ class State:
         """The timer loop: fire due timers under the lock until ``stop`` is set."""
         with self.lock:
             while not stop.is_set():
-                now = self.clock.now()
-                while self._timers and self._timers[0][0] <= now:
-                    _, _, kind, key = heapq.heappop(self._timers)
-                    try:
-                        handlers[kind](key)
-                    except Exception:  # a bug in one handler must not stop every timer
-                        log.critical("timer %s for %s failed", kind, key, exc_info=True)
-                    self.flush()
+                now = self.fire_due_timers(handlers)
                 wait = self.clock.real_seconds(self._timers[0][0] - now) if self._timers else 1.0
                 self._timer_wakeup.wait(min(wait, 1.0))
+
+    def fire_due_timers(self, handlers: dict[str, Callable[[Key], None]]) -> float:
+        """Fire every timer due by the clock's current time (call with ``lock`` held); returns that time."""
+        now = self.clock.now()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, kind, key = heapq.heappop(self._timers)
+            try:
+                handlers[kind](key)
+            except Exception:  # a bug in one handler must not stop every timer
+                log.critical("timer %s for %s failed", kind, key, exc_info=True)
+            self.flush()
+        return now
 
     def stats(self) -> dict[str, Any]:
         """Sizes for the admin API."""
