@@ -1,0 +1,253 @@
+"""Lease records in Redis: one per hand-out, moved between states by atomic scripts.
+
+A lease holds the full task object, an epoch (bumped by every hand-out of the same task), its
+owner process, its heartbeat owner, deadlines and the outcome. States::
+
+    claimed -> queued -> running -> reporting -> done
+    (any live state) -> canceled | lost | released
+
+Every transition checks the current state (and epoch, when given) and writes in one script, so
+two processes can never both win the same transition. Terminal records expire after a day.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import redis
+
+from bridge.errors import BrokerError, ConfigError
+
+PREFIX = "dpb"
+TERMINAL_TTL_S = 86400
+
+
+class LeaseState(StrEnum):
+    CLAIMED = "claimed"
+    QUEUED = "queued"
+    RUNNING = "running"
+    REPORTING = "reporting"
+    DONE = "done"
+    CANCELED = "canceled"
+    LOST = "lost"
+    RELEASED = "released"
+
+
+LIVE = frozenset({LeaseState.CLAIMED, LeaseState.QUEUED, LeaseState.RUNNING, LeaseState.REPORTING})
+TERMINAL = frozenset(LeaseState) - LIVE
+
+_CLAIM = """
+local epoch = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0') + 1
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'state', 'claimed', 'epoch', epoch, 'claimed_at', ARGV[2], 'updated_at', ARGV[2])
+if #ARGV > 2 then redis.call('HSET', KEYS[1], unpack(ARGV, 3)) end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return epoch
+"""
+
+_TRANSITION = """
+local cur = redis.call('HMGET', KEYS[1], 'state', 'epoch')
+if not cur[1] then return {-1, '', ''} end
+local allowed = false
+for s in string.gmatch(ARGV[2], '[^,]+') do if s == cur[1] then allowed = true end end
+if (not allowed) or (ARGV[3] ~= '' and ARGV[3] ~= cur[2]) then return {0, cur[1], cur[2]} end
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'state', ARGV[4]) end
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[5])
+if #ARGV > 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 7)) end
+if ARGV[6] ~= '' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
+end
+return {1, ARGV[4], cur[2]}
+"""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A snapshot of one lease record."""
+
+    task_key: str
+    state: LeaseState
+    epoch: int
+    task_id: str
+    pipeline_id: str
+    attempt_id: str
+    worker_group: str
+    queue: str
+    object_type: str
+    owner: str
+    heartbeat_owner: str
+    claimed_at: float
+    updated_at: float
+    progress_deadline_s: float
+    heartbeat_interval_s: float
+    last_beat: float
+    next_beat: float
+    outcome: dict[str, Any] | None
+    task_object: dict[str, Any]
+
+    @classmethod
+    def from_hash(cls, task_key: str, data: Mapping[str, str]) -> Lease:
+        outcome = data.get("outcome")
+        return cls(
+            task_key=task_key,
+            state=LeaseState(data["state"]),
+            epoch=int(data.get("epoch", 0)),
+            task_id=data.get("task_id", ""),
+            pipeline_id=data.get("pipeline_id", ""),
+            attempt_id=data.get("attempt_id", ""),
+            worker_group=data.get("worker_group", ""),
+            queue=data.get("queue", ""),
+            object_type=data.get("object_type", ""),
+            owner=data.get("owner", ""),
+            heartbeat_owner=data.get("heartbeat_owner", ""),
+            claimed_at=float(data.get("claimed_at", 0)),
+            updated_at=float(data.get("updated_at", 0)),
+            progress_deadline_s=float(data.get("progress_deadline_s", 0)),
+            heartbeat_interval_s=float(data.get("heartbeat_interval_s", 0)),
+            last_beat=float(data.get("last_beat", 0)),
+            next_beat=float(data.get("next_beat", 0)),
+            outcome=json.loads(outcome) if outcome else None,
+            task_object=json.loads(data.get("task_object") or "{}"),
+        )
+
+
+@dataclass(frozen=True)
+class TransitionResult:
+    ok: bool
+    state: str
+    epoch: int
+    missing: bool = False
+
+
+class LeaseStore:
+    """Lease records in Redis.
+
+    Args:
+        client: A redis-py client with ``decode_responses=True``.
+
+    Every method raises ``BrokerError`` when Redis cannot be reached.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+        self._claim = client.register_script(_CLAIM)
+        self._transition = client.register_script(_TRANSITION)
+
+    @classmethod
+    def from_url(cls, url: str) -> LeaseStore:
+        """A store on the Redis at ``url``.
+
+        Raises:
+            ConfigError: ``url`` does not parse (bad port or database number...).
+        """
+        try:
+            client = redis.Redis.from_url(
+                url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
+            )
+        except ValueError as exc:
+            raise ConfigError(f"bad Redis URL {url!r}: {exc}") from exc
+        return cls(client)
+
+    @staticmethod
+    def lease_key(task_key: str) -> str:
+        return f"{PREFIX}:lease:{task_key}"
+
+    @staticmethod
+    def inflight_key(worker_group: str) -> str:
+        return f"{PREFIX}:inflight:{worker_group}"
+
+    def ping(self) -> None:
+        """Raises: BrokerError when Redis does not answer."""
+        try:
+            self.redis.ping()
+        except redis.RedisError as exc:
+            raise BrokerError(f"Redis is unreachable: {exc}") from exc
+
+    def claim(self, task_key: str, worker_group: str, fields: Mapping[str, Any]) -> int:
+        """Write a new lease for a hand-out (superseding any older record of it); returns its epoch."""
+        now = time.time()
+        args: list[Any] = [task_key, repr(now)]
+        for key, value in fields.items():
+            args += [key, _encode(value)]
+        try:
+            return int(self._claim(keys=[self.lease_key(task_key), self.inflight_key(worker_group)], args=args))
+        except redis.RedisError as exc:
+            raise BrokerError(f"cannot write lease {task_key}: {exc}") from exc
+
+    def transition(
+        self,
+        task_key: str,
+        worker_group: str,
+        allowed: Iterable[LeaseState],
+        to: LeaseState | None,
+        *,
+        epoch: int | None = None,
+        fields: Mapping[str, Any] | None = None,
+    ) -> TransitionResult:
+        """Move a lease from one of ``allowed`` to ``to`` (``None``: only update ``fields``), atomically."""
+        ttl = str(TERMINAL_TTL_S) if to in TERMINAL else ""
+        args: list[Any] = [
+            task_key,
+            ",".join(allowed),
+            "" if epoch is None else str(epoch),
+            "" if to is None else str(to),
+            repr(time.time()),
+            ttl,
+        ]
+        for key, value in (fields or {}).items():
+            args += [key, _encode(value)]
+        try:
+            code, state, cur_epoch = self._transition(
+                keys=[self.lease_key(task_key), self.inflight_key(worker_group)], args=args
+            )
+        except redis.RedisError as exc:
+            raise BrokerError(f"cannot update lease {task_key}: {exc}") from exc
+        return TransitionResult(int(code) == 1, str(state), int(cur_epoch or 0), missing=int(code) == -1)
+
+    def get(self, task_key: str) -> Lease | None:
+        try:
+            data = self.redis.hgetall(self.lease_key(task_key))
+        except redis.RedisError as exc:
+            raise BrokerError(f"cannot read lease {task_key}: {exc}") from exc
+        return Lease.from_hash(task_key, {str(k): str(v) for k, v in data.items()}) if data else None
+
+    def in_flight(self, worker_group: str) -> int:
+        """How many live leases ``worker_group`` holds."""
+        try:
+            return int(self.redis.zcard(self.inflight_key(worker_group)))
+        except redis.RedisError as exc:
+            raise BrokerError(f"cannot count leases: {exc}") from exc
+
+    def live(self, worker_group: str) -> list[Lease]:
+        """Every live lease of ``worker_group``, oldest first (dropping index entries whose record vanished)."""
+        try:
+            keys = [str(k) for k in self.redis.zrange(self.inflight_key(worker_group), 0, -1)]
+            pipe = self.redis.pipeline(transaction=False)
+            for key in keys:
+                pipe.hgetall(self.lease_key(key))
+            rows = pipe.execute()
+            leases = []
+            for key, data in zip(keys, rows, strict=True):
+                if data:
+                    leases.append(Lease.from_hash(key, data))
+                else:
+                    self.redis.zrem(self.inflight_key(worker_group), key)
+            return leases
+        except redis.RedisError as exc:
+            raise BrokerError(f"cannot list leases: {exc}") from exc
+
+
+def _encode(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)

@@ -1,0 +1,238 @@
+"""The claiming loop: one poll in flight per worker group; every task received is enqueued."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from bridge.api import TaskApi
+from bridge.errors import BrokerError, InvalidTask, RemoteError, TaskGone
+from bridge.leases import LeaseState, LeaseStore
+from bridge.masking import SECRETS
+from bridge.messages import TaskMessage, argsrepr
+from bridge.publisher import Publisher
+from bridge.retry import backoff_s, retry_call
+from bridge.settings import Settings
+from bridge.taskmodel import TaskObject, parse_task_object
+
+log = logging.getLogger(__name__)
+
+POLLER = "poller"
+
+
+class Poller:
+    """Claims tasks for one worker group and publishes them as Celery messages.
+
+    Args:
+        settings: Bridge settings.
+        worker_group: The group this poller serves.
+        api: The Data Pipeline client.
+        leases: The lease store.
+        publisher: The Celery publisher.
+        owner: This process's identity (recorded as the leases' owner).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        worker_group: str,
+        api: TaskApi,
+        leases: LeaseStore,
+        publisher: Publisher,
+        owner: str,
+    ) -> None:
+        self.settings = settings
+        self.worker_group = worker_group
+        self.api = api
+        self.leases = leases
+        self.publisher = publisher
+        self.owner = owner
+        self.stopping = threading.Event()
+        self.polling = threading.Event()
+        self._failures = 0
+
+    def stop(self) -> None:
+        """Stop claiming; a poll in flight still completes and its task is still enqueued. Idempotent."""
+        self.stopping.set()
+
+    def run(self) -> None:
+        """Poll until stopped. Retryable errors back off; unexpected ones are logged and the loop goes on."""
+        log.info("polling worker_group=%s", self.worker_group)
+        while not self.stopping.is_set():
+            try:
+                if not self._admitted():
+                    self.stopping.wait(0.5)
+                    continue
+                self.poll_once()
+                self._failures = 0
+            except (RemoteError, BrokerError) as exc:
+                self._back_off(exc, logging.WARNING)
+            except Exception as exc:  # the loop's edge: never die on a bug, say so loudly
+                log.critical("poll loop error worker_group=%s", self.worker_group, exc_info=True)
+                self._back_off(exc, logging.CRITICAL)
+        log.info("stopped polling worker_group=%s", self.worker_group)
+
+    def _back_off(self, exc: Exception, level: int) -> None:
+        wait = backoff_s(self._failures, base_s=1.0, cap_s=30.0)
+        self._failures += 1
+        log.log(level, "poll failed worker_group=%s: %s; next poll in %.1f s", self.worker_group, exc, wait)
+        self.stopping.wait(wait)
+
+    def _admitted(self) -> bool:
+        return self.leases.in_flight(self.worker_group) < self.settings.max_in_flight
+
+    def poll_once(self) -> bool:
+        """One PollForTask; returns whether a task arrived (and was dispatched)."""
+        self.polling.set()
+        try:
+            raw = self.api.poll_for_task(self.worker_group, self.settings.hostname)
+        finally:
+            self.polling.clear()
+        if raw is None:
+            return False
+        received_at = time.monotonic()
+        self.dispatch(raw, received_at)
+        return True
+
+    def dispatch(self, raw: dict[str, object], received_at: float) -> None:
+        """Lease, acknowledge and publish one task. Runs to the end even while stopping."""
+        try:
+            task = parse_task_object(raw)
+        except InvalidTask as exc:
+            self._refuse(raw, exc)
+            return
+        SECRETS.add(task.secrets)
+        log.info("received worker_group=%s task_key=%s type=%s", self.worker_group, task.key, task.object_type)
+        log.debug("task_key=%s task_id=%s", task.key, task.task_id)
+        deadline_s = task.progress_deadline_s or self.settings.progress_deadline_s
+        interval_s = self.settings.beat_interval_for(deadline_s)
+        queue = self.settings.queue_for(self.worker_group, task.object_type)
+        epoch = self._claim(task, raw, queue, deadline_s, interval_s)
+        if not self._acknowledge(task, epoch, received_at):
+            return
+        now = time.time()
+        self.leases.transition(
+            task.key,
+            self.worker_group,
+            [LeaseState.CLAIMED],
+            LeaseState.QUEUED,
+            epoch=epoch,
+            fields={"last_beat": now, "next_beat": now + interval_s},
+        )
+        message = TaskMessage(
+            schema=1,
+            task_key=task.key,
+            epoch=epoch,
+            worker_group=self.worker_group,
+            queue=queue,
+            object_type=task.object_type,
+            heartbeat_interval_s=interval_s,
+            progress_deadline_s=deadline_s,
+            claimed_at=now,
+            task_object=dict(raw),
+        )
+        self._publish(message, task)
+
+    def _lease_fields(
+        self, task: TaskObject, raw: dict[str, object], queue: str, deadline_s: float, interval_s: float
+    ) -> dict[str, object]:
+        return {
+            "task_id": task.task_id,
+            "pipeline_id": task.pipeline_id,
+            "attempt_id": task.attempt_id,
+            "instance_id": task.instance_id,
+            "worker_group": self.worker_group,
+            "queue": queue,
+            "object_type": task.object_type,
+            "owner": self.owner,
+            "heartbeat_owner": POLLER,
+            "progress_deadline_s": deadline_s,
+            "heartbeat_interval_s": interval_s,
+            "task_object": dict(raw),
+        }
+
+    def _claim(self, task: TaskObject, raw: dict[str, object], queue: str, deadline_s: float, interval_s: float) -> int:
+        fields = self._lease_fields(task, raw, queue, deadline_s, interval_s)
+        attempt = 0
+        while True:
+            try:
+                return self.leases.claim(task.key, self.worker_group, fields)
+            except BrokerError as exc:
+                # The task is ours only once leased; keep trying while an ack can still be in time.
+                wait = backoff_s(attempt, 0.2, 2.0)
+                attempt += 1
+                if attempt > 20:
+                    raise
+                log.warning("lease write failed task_key=%s: %s; retrying", task.key, exc)
+                time.sleep(wait)
+
+    def _acknowledge(self, task: TaskObject, epoch: int, received_at: float) -> bool:
+        """ReportTaskProgress at once, retried until ~90 s after the hand-out."""
+        window = max(1.0, self.settings.ack_window_s - (time.monotonic() - received_at))
+        try:
+            canceled = retry_call(
+                lambda: self.api.report_task_progress(task.task_id),
+                what=f"acknowledging {task.key}",
+                deadline_s=window,
+            )
+        except TaskGone as exc:
+            log.warning("lost worker_group=%s task_key=%s before acknowledging: %s", self.worker_group, task.key, exc)
+            self.leases.transition(task.key, self.worker_group, [LeaseState.CLAIMED], LeaseState.LOST, epoch=epoch)
+            return False
+        except RemoteError as exc:
+            log.error(
+                "could not acknowledge worker_group=%s task_key=%s: %s; Data Pipeline will hand it out again",
+                self.worker_group,
+                task.key,
+                exc,
+            )
+            self.leases.transition(task.key, self.worker_group, [LeaseState.CLAIMED], LeaseState.RELEASED, epoch=epoch)
+            return False
+        if canceled:
+            log.info("canceled worker_group=%s task_key=%s before it was enqueued", self.worker_group, task.key)
+            self.leases.transition(task.key, self.worker_group, [LeaseState.CLAIMED], LeaseState.CANCELED, epoch=epoch)
+            return False
+        log.info("acknowledged worker_group=%s task_key=%s", self.worker_group, task.key)
+        return True
+
+    def _publish(self, message: TaskMessage, task: TaskObject) -> None:
+        attempt = 0
+        while True:
+            try:
+                celery_task_id = self.publisher.publish(message, argsrepr(task))
+                log.info(
+                    "enqueued worker_group=%s task_key=%s queue=%s celery_id=%s",
+                    self.worker_group,
+                    task.key,
+                    message.queue,
+                    celery_task_id,
+                )
+                return
+            except BrokerError as exc:
+                # The keeper goes on heartbeating the queued lease meanwhile, so nothing is lost.
+                wait = backoff_s(attempt, 0.5, 10.0)
+                attempt += 1
+                log.warning(
+                    "publish failed worker_group=%s task_key=%s: %s; retrying in %.1f s",
+                    self.worker_group,
+                    task.key,
+                    exc,
+                    wait,
+                )
+                time.sleep(wait)
+
+    def _refuse(self, raw: dict[str, object], exc: InvalidTask) -> None:
+        """A malformed task: end it FAILED with a clear error, if it can be addressed at all."""
+        task_id = raw.get("taskId") if isinstance(raw, dict) else None
+        log.error("invalid task worker_group=%s: %s", self.worker_group, exc)
+        if not isinstance(task_id, str) or not task_id:
+            return
+        try:
+            retry_call(
+                lambda: self.api.set_task_status(task_id, "FAILED", exc.error_id, f"Invalid task object: {exc}"),
+                what="failing an invalid task",
+                deadline_s=30,
+            )
+        except RemoteError as err:
+            log.error("could not fail the invalid task worker_group=%s: %s", self.worker_group, err)

@@ -1,0 +1,125 @@
+"""The Celery app (``celery -A workers worker -Q dp.<group>``), configured from ``BRIDGE_*`` variables."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from functools import cache
+from typing import Any
+
+from celery import Celery, Task, signals
+
+from bridge import masking
+from bridge.api import Boto3TaskApi
+from bridge.errors import InvalidTask, RemoteError, UnsupportedActivity
+from bridge.leases import LeaseState, LeaseStore
+from bridge.messages import TASK_PREFIX, TaskMessage
+from bridge.publisher import VISIBILITY_TIMEOUT_S
+from bridge.retry import retry_call
+from bridge.settings import Settings
+from workers.execution import Execution, Runtime
+from workers.handlers import load_builtin
+
+log = logging.getLogger(__name__)
+
+
+def make_app(settings: Settings) -> Celery:
+    """The worker app with DESIGN.md §5's settings."""
+    app = Celery("workers", broker=settings.broker_url)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        task_reject_on_worker_lost=False,
+        # Cancelling on reconnect would kill healthy work; the lease fences redelivered copies instead.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        task_ignore_result=True,
+        result_backend=None,
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        broker_connection_retry_on_startup=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_track_started=True,
+        worker_hijack_root_logger=True,
+    )
+    return app
+
+
+@cache
+def runtime(pid: int) -> Runtime:
+    """Clients for this process (keyed by pid: prefork children build their own after fork)."""
+    settings = Settings.from_env()
+    return Runtime(
+        settings=settings,
+        api=Boto3TaskApi(settings.endpoint_url, settings.region),
+        leases=LeaseStore.from_url(settings.redis_url),
+        worker_id=f"worker:{socket.gethostname()}:{pid}",
+    )
+
+
+app = make_app(Settings.from_env())
+HANDLERS = load_builtin()
+
+
+def _execute(self: Task, body: Any) -> str:
+    def emit(event: str, **fields: Any) -> None:
+        try:
+            self.send_event(event, **fields)
+        except Exception as exc:  # Flower visibility must never fail a task
+            log.debug("could not send %s: %s", event, exc)
+
+    return Execution(runtime(os.getpid()), body, HANDLERS, emit).run()
+
+
+for _type_name in HANDLERS:
+    app.task(name=TASK_PREFIX + _type_name, bind=True, acks_late=True, ignore_result=True)(_execute)
+
+
+@signals.task_unknown.connect  # type: ignore[untyped-decorator]
+def fail_unknown(sender: Any = None, name: str = "", id: str = "", message: Any = None, **_: Any) -> None:
+    """A ``dp.<Type>`` with no handler on this worker: end it FAILED so nothing waits forever."""
+    if not name.startswith(TASK_PREFIX):
+        return
+    try:
+        args = message.payload[0] if isinstance(message.payload, list | tuple) else []
+        parsed = TaskMessage.from_body(args[0] if args else None)
+    except (InvalidTask, AttributeError, IndexError, TypeError) as exc:
+        log.error("unknown task %s with an unreadable body: %s", name, exc)
+        return
+    rt = runtime(os.getpid())
+    task_id = str(parsed.task_object.get("taskId", ""))
+    error = UnsupportedActivity(f"no handler for {parsed.object_type} on this worker fleet ({name})")
+    claim = rt.leases.transition(
+        parsed.task_key,
+        parsed.worker_group,
+        [LeaseState.QUEUED],
+        LeaseState.REPORTING,
+        epoch=parsed.epoch,
+        fields={"heartbeat_owner": rt.worker_id},
+    )
+    if not claim.ok:
+        log.info("dropped unknown task_key=%s: lease is %s", parsed.task_key, claim.state or "missing")
+        return
+    try:
+        retry_call(
+            lambda: rt.api.set_task_status(task_id, "FAILED", error.error_id, str(error)),
+            what=f"failing {parsed.task_key}",
+            deadline_s=60,
+        )
+        state = LeaseState.DONE
+        log.info("failed task_key=%s error_id=%s: %s", parsed.task_key, error.error_id, error)
+    except RemoteError as exc:
+        log.error("could not fail unknown task_key=%s: %s", parsed.task_key, exc)
+        state = LeaseState.LOST
+    rt.leases.transition(parsed.task_key, parsed.worker_group, [LeaseState.REPORTING], state, epoch=parsed.epoch)
+
+
+@signals.after_setup_logger.connect  # type: ignore[untyped-decorator]
+@signals.after_setup_task_logger.connect  # type: ignore[untyped-decorator]
+def mask_logs(logger: logging.Logger | None = None, **_: Any) -> None:
+    """Secrets never reach a worker's log handlers (botocore's and urllib3's included)."""
+    masking.install(logging.getLogger())
+    if logger is not None:
+        masking.install(logger)
