@@ -476,8 +476,16 @@ class ManagedProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        code = self.proc.returncode
-        return code
+        self._close_output()
+        return self.proc.returncode
+
+    def _close_output(self) -> None:
+        """Close the output pipe once the reader drained it (an open pipe is a ResourceWarning)."""
+        if self.output is not None:
+            self.output.join(timeout=10)
+        drained = self.output is None or not self.output._thread.is_alive()
+        if self.proc is not None and self.proc.stdout is not None and not self.proc.stdout.closed and drained:
+            self.proc.stdout.close()
 
     def text(self) -> str:
         return self.output.text() if self.output else ""
