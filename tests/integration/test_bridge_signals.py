@@ -69,3 +69,21 @@ def test_a_second_sigterm_exits_at_once_without_waiting_for_the_held_poll(stack:
     # then it exits with the interrupted code (a graceful stop would have waited for the poll and exited 0)
     assert bridge.wait(timeout=60) == EXIT_INTERRUPTED
     assert "second signal: exiting now" in bridge.text()
+
+
+def test_terminate_from_a_runner_heartbeat_drains_and_exits_0(stack: Stack) -> None:
+    # given a bridge that heartbeats as runner "term-1" every second
+    bridge = stack.bridge(GROUP, extra=["--taskrunner-id", "term-1", "--runner-heartbeat-interval-s", "1"])
+    wait_for(
+        lambda: any(r["taskrunnerId"] == "term-1" for r in stack.emulator.admin("runners")["runners"]),
+        timeout=30,
+        what="the runner's first heartbeat",
+    )
+
+    # when the service asks that runner to terminate
+    stack.emulator.admin("terminate-runner", {"taskrunnerId": "term-1"})
+
+    # then the bridge says so, drains and exits 0
+    logged(bridge, "asked taskrunner_id=term-1 to terminate")
+    assert bridge.wait(timeout=60) == EXIT_OK
+    assert "bridge stopped" in bridge.text()
