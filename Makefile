@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 # iproute2 ships an unrelated /usr/sbin/bridge: always call the virtualenv's.
 BRIDGE := $(BIN)/bridge
 PYTEST_ARGS ?=
+# Most tests wait on processes and sleeps, not CPU: run modules in parallel (a module stays on one worker,
+# so its shared stack is started once).
+PARALLEL ?= -n 4 --dist loadfile
 
 .PHONY: install demo test unit integration chaos lint typecheck bench emulator clean
 
@@ -20,13 +23,13 @@ demo: install ## Run the main job: the demo on the local Data Pipeline service
 	$(BIN)/python examples/demo.py
 
 test: install lint typecheck ## Lint, type-check, unit and integration tests (< 10 minutes)
-	$(BIN)/pytest tests/unit tests/integration $(PYTEST_ARGS)
+	$(BIN)/pytest tests/unit tests/integration $(PARALLEL) $(PYTEST_ARGS)
 
 unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 integration: install
-	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+	$(BIN)/pytest tests/integration $(PARALLEL) $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check bridge workers emulator tests bench examples

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from emulator.config import Rehandout, ServiceConfig, TaskObjects
+from emulator.config import LIMIT_DEFAULTS, Rehandout, ServiceConfig, TaskObjects, parse_limits
 from emulator.faults import FaultConfig, Faults, PerOperation
 from emulator.server import serve
 from emulator.service import Service
@@ -33,6 +33,13 @@ EXIT_UNAVAILABLE = 3
 def _rates(_ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]) -> dict[str, Rate]:
     try:
         return parse_rates(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def _limits(_ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]) -> dict[str, int]:
+    try:
+        return parse_limits(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
 
@@ -112,6 +119,20 @@ def _per_operation(fraction: bool) -> Any:
     help="Divide every Period in definitions (retryDelay, attemptTimeout, ...) by this, after validation.",
 )
 @click.option(
+    "--clock-speed",
+    default=1.0,
+    show_default=True,
+    type=float,
+    envvar="BRIDGE_EMULATOR_CLOCK_SPEED",
+    help="Run the service clock (schedules, shown times) this many times faster than real time; deadlines stay real.",
+)
+@click.option(
+    "--allow-old-start/--no-allow-old-start",
+    default=False,
+    envvar="BRIDGE_EMULATOR_ALLOW_OLD_START",
+    help="Activate schedules that start more than a day in the past (AWS blocks them to prevent a backfill).",
+)
+@click.option(
     "--state",
     "state_path",
     default=None,
@@ -145,6 +166,21 @@ def _per_operation(fraction: bool) -> Any:
     show_default=True,
     type=float,
     help="retryDelay in seconds when a definition sets none (scaled by --time-scale).",
+)
+@click.option(
+    "--limit",
+    "limits",
+    multiple=True,
+    callback=_limits,
+    envvar="BRIDGE_EMULATOR_LIMITS",
+    metavar="NAME=N",
+    help=f"Change one of AWS's limits, e.g. pipelines=3. Repeatable. NAME: {', '.join(LIMIT_DEFAULTS)}.",
+)
+@click.option(
+    "--s3-endpoint-url",
+    default=None,
+    envvar="BRIDGE_EMULATOR_S3_ENDPOINT_URL",
+    help="S3 endpoint the service checks S3KeyExists / S3PrefixNotEmpty against (default: AWS's, as boto3 finds it).",
 )
 @click.option(
     "--no-throttle/--throttle",
@@ -224,10 +260,14 @@ def emulator(ctx: click.Context, /, **opts: Any) -> None:
             rehandout=Rehandout(opts["rehandout"]),
             task_objects=TaskObjects(opts["task_objects"]),
             time_scale=opts["time_scale"],
+            clock_speed=opts["clock_speed"],
+            allow_old_start=opts["allow_old_start"],
             state_path=opts["state_path"],
             require_auth=opts["require_auth"],
             default_maximum_retries=opts["default_maximum_retries"],
             default_retry_delay_s=opts["default_retry_delay"],
+            limits=opts["limits"],
+            s3_endpoint_url=opts["s3_endpoint_url"],
         )
     except ValueError as exc:
         click.echo(f"error: {exc}", err=True)
@@ -360,11 +400,34 @@ def fault_settings(
     _print(admin_call(endpoint_url, "faults", body))
 
 
+@admin.command("actions")
+@click.option("--pipeline-id", default=None, help="Only this pipeline's actions.")
+@click.pass_obj
+def fired_actions(endpoint_url: str, pipeline_id: str | None) -> None:
+    """Actions fired (onFail, onSuccess, onLateAction), in order, with alarms' evaluated subject and message."""
+    _print(admin_call(endpoint_url, "actions", {"pipelineId": pipeline_id} if pipeline_id else {}))
+
+
 @admin.command()
 @click.pass_obj
 def runners(endpoint_url: str) -> None:
     """Task runners that sent ReportTaskRunnerHeartbeat."""
     _print(admin_call(endpoint_url, "runners"))
+
+
+@admin.command()
+@click.pass_obj
+def clock(endpoint_url: str) -> None:
+    """The service clock: now, in epoch seconds, and its speed."""
+    _print(admin_call(endpoint_url, "clock"))
+
+
+@admin.command("advance-clock")
+@click.argument("seconds", type=click.FloatRange(min=0))
+@click.pass_obj
+def advance_clock(endpoint_url: str, seconds: float) -> None:
+    """Move the service clock SECONDS forward; scheduled instances due by then appear at once."""
+    _print(admin_call(endpoint_url, "advance-clock", {"seconds": seconds}))
 
 
 @admin.command()

@@ -42,7 +42,19 @@ from emulator.jodatime import (
 )
 from emulator.periods import format_datetime, parse_datetime
 
-__all__ = ["FUNCTIONS", "OPERATORS", "ExpressionError", "Function", "Kind", "Scope", "Value", "check", "evaluate"]
+__all__ = [
+    "FUNCTIONS",
+    "OPERATORS",
+    "ExpressionError",
+    "Function",
+    "Kind",
+    "Scope",
+    "Value",
+    "check",
+    "evaluate",
+    "names",
+    "parameter_value",
+]
 
 #: The operators, loosest first; ``^`` binds tightest and to the right.
 OPERATORS = ("+", "-", "*", "/", "^")
@@ -134,6 +146,40 @@ def check(text: str) -> list[str]:
             except ExpressionError as exc:
                 errors.append(str(exc))
     return errors
+
+
+def names(text: str) -> list[str]:
+    """The names the expressions in ``text`` refer to, as written (``myParam``, ``@id``, ``input.directoryPath``).
+
+    In order of appearance, without repeats; function names are not included. An expression
+    that does not parse contributes nothing (``check`` reports it).
+    """
+    if "#{" not in text:
+        return []
+    try:
+        parts = _split(text)
+    except ExpressionError:
+        return []
+    found: dict[str, None] = {}
+    for part in parts:
+        if isinstance(part, str):
+            continue
+        try:
+            tree = _Parser(part).parse()
+        except _Problem:
+            continue
+        pending: list[_Node] = [tree]
+        while pending:
+            node = pending.pop()
+            if isinstance(node, _Name):
+                found.setdefault(node.path)
+            elif isinstance(node, _Call):
+                pending.extend(reversed(node.args))
+            elif isinstance(node, _Unary):
+                pending.append(node.operand)
+            elif isinstance(node, _Chain):
+                pending.extend(reversed([node.first, *(operand for _, _, operand in node.rest)]))
+    return list(found)
 
 
 def parameter_value(text: str, parameter_type: str = "String") -> Value:

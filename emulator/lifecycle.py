@@ -11,13 +11,13 @@ import logging
 import os
 from typing import Any
 
-from emulator.catalog import kind_of
-from emulator.clock import stamp
+from emulator.actions import Actions
 from emulator.config import Rehandout
-from emulator.definition import effective_fields
 from emulator.errors import InvalidRequestException, PipelineDeletedException, TaskNotFoundException
 from emulator.model import BLOCKING, FINAL, Attempt, Field, Instance, Pipeline, PipelineState, Status
-from emulator.periods import format_seconds, parse_period
+from emulator.periods import format_seconds, period_seconds
+from emulator.s3check import S3_FIELDS, Outcome, S3Checker, SystemChecks, probe_for
+from emulator.scheduler import Scheduler
 from emulator.state import Key, State
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,10 @@ SCALED_FIELDS = ("retryDelay", "attemptTimeout", "reportProgressTimeout", "preco
 #: Refs whose targets travel with a task, transitively (depth <= 3).
 TASK_REFS = ("input", "output", "database", "precondition", "dataFormat", "runsOn")
 RUNNABLE = ("activity", "runner_precondition")
+#: Statuses that hold one of a component's ``maxActiveInstances`` slots.
+ACTIVE = (Status.WAITING_FOR_RUNNER, Status.RUNNING)
+#: ``maxActiveInstances`` when unset (AWS documents 1 for on-demand pipelines; used for every pipeline here).
+DEFAULT_MAX_ACTIVE_INSTANCES = 1
 
 
 def new_task_id(attempt_no: int) -> str:
@@ -36,21 +40,11 @@ def new_task_id(attempt_no: int) -> str:
     return f"{body}:{tail}:{attempt_no}"
 
 
-def duration_s(value: str | None) -> float | None:
-    """A (possibly time-scaled) Period value in seconds, or ``None``."""
-    if not value:
-        return None
-    try:
-        return parse_period(value, allow_seconds=True).seconds()
-    except ValueError:
-        return None
-
-
 def scaled_value(key: str, value: str, scale: float) -> str:
     """``value`` divided by ``scale`` when ``key`` is a Period the service enforces (else unchanged)."""
     if scale == 1 or key not in SCALED_FIELDS:
         return value
-    seconds = duration_s(value)
+    seconds = period_seconds(value)
     return value if seconds is None else format_seconds(seconds / scale)
 
 
@@ -60,78 +54,14 @@ class Lifecycle:
     def __init__(self, state: State) -> None:
         self.state = state
         self.config = state.config
+        self.actions = Actions(state, self.cancel)
+        self.checks = SystemChecks(state, S3Checker(self.config.s3_endpoint_url), self.system_check_done)
+        self.scheduler = Scheduler(self)
 
     # -- runs --------------------------------------------------------------------------------
 
-    def start_run(self, pipeline: Pipeline, scheduled_start: float, scheduled_end: float) -> list[Instance]:
-        """Create the instances of one run of ``pipeline``'s active definition and start what is ready."""
-        objects = pipeline.active_objects or []
-        by_id = {obj["id"]: obj for obj in objects}
-        run_stamp = stamp(scheduled_start)
-        made: dict[str, Instance] = {}
-
-        def make(component_id: str, kind: str, worker_group: str | None) -> Instance:
-            instance_id = f"@{component_id}_{run_stamp}"
-            existing = self.state.instances.get((pipeline.pipeline_id, instance_id))
-            if existing is not None:
-                return existing
-            fields = self._scaled(effective_fields(by_id, component_id))
-            type_name = next((v for k, v, _ in fields if k == "type"), "")
-            instance = Instance(
-                pipeline_id=pipeline.pipeline_id,
-                instance_id=instance_id,
-                component_id=component_id,
-                kind=kind,
-                type=type_name,
-                scheduled_start=scheduled_start,
-                scheduled_end=scheduled_end,
-                fields=fields,
-                worker_group=worker_group,
-            )
-            self.state.instances[(pipeline.pipeline_id, instance_id)] = instance
-            made[component_id] = instance
-            self.state.touch(instance)
-            return instance
-
-        # Activities and data nodes first, then the runner-side preconditions that guard them.
-        for obj in objects:
-            kind = self._kind(by_id, obj["id"])
-            if kind in ("activity", "datanode"):
-                make(obj["id"], kind, self._worker_group(by_id, obj["id"]))
-        for component_id, instance in list(made.items()):
-            for pre_id in instance.all("precondition"):
-                pre_kind = self._kind(by_id, pre_id)
-                if pre_kind not in ("runner_precondition", "system_precondition"):
-                    continue
-                group = self._worker_group(by_id, pre_id) or instance.worker_group
-                guard = make(pre_id, pre_kind, group)
-                guard.guards.append(instance.instance_id)
-                instance.depends_on.append(guard.instance_id)
-            if instance.kind == "activity":
-                deps = instance.all("dependsOn") + [i for i in instance.all("input") if i in made]
-                for dep in deps:
-                    if dep in made and made[dep].instance_id not in instance.depends_on:
-                        instance.depends_on.append(made[dep].instance_id)
-            del component_id
-        for instance in made.values():
-            self.advance(instance)
-        return list(made.values())
-
-    def _kind(self, by_id: dict[str, dict[str, Any]], object_id: str) -> str | None:
-        fields = effective_fields(by_id, object_id) if object_id in by_id else []
-        type_name = next((v for k, v, _ in fields if k == "type"), None)
-        kind = kind_of(type_name) if type_name else None
-        return str(kind) if kind is not None else None
-
-    def _worker_group(self, by_id: dict[str, dict[str, Any]], object_id: str) -> str | None:
-        """``runsOn`` wins over ``workerGroup``; a resource maps to a worker group named after its id."""
-        fields = effective_fields(by_id, object_id) if object_id in by_id else []
-        runs_on = next((v for k, v, _ in fields if k == "runsOn"), None)
-        if runs_on:
-            return runs_on
-        return next((v for k, v, _ in fields if k == "workerGroup"), None)
-
-    def _scaled(self, fields: list[Field]) -> list[Field]:
+    def scaled_fields(self, fields: list[Field]) -> list[Field]:
+        """Fields with the Periods the service enforces divided by ``--time-scale``."""
         scale = self.config.time_scale
         return [
             Field(key, value if is_ref else scaled_value(key, value, scale), is_ref) for key, value, is_ref in fields
@@ -141,14 +71,12 @@ class Lifecycle:
 
     def dependents(self, instance: Instance) -> list[Instance]:
         """Instances that wait on ``instance``."""
-        return [
-            other
-            for (pid, _), other in self.state.instances.items()
-            if pid == instance.pipeline_id and instance.instance_id in other.depends_on
-        ]
+        return self.state.dependents_of(instance.pipeline_id, instance.instance_id)
 
     def advance(self, instance: Instance) -> None:
         """Move a waiting instance on if its dependencies allow it."""
+        if instance.late_at is None:
+            self.actions.arm_late(instance)
         if instance.status != Status.WAITING_ON_DEPENDENCIES:
             return
         deps = [self.state.instances.get((instance.pipeline_id, d)) for d in instance.depends_on]
@@ -165,28 +93,52 @@ class Lifecycle:
             instance.actual_start = instance.actual_start or now
             self._finish(instance, Status.FINISHED)
         elif instance.kind in RUNNABLE:
+            if not self._slot_free(instance):
+                return  # maxActiveInstances: it starts when an earlier instance of its component ends
             instance.status = Status.WAITING_FOR_RUNNER
-            instance.checking_since = now if instance.kind == "runner_precondition" else None
+            instance.checking_since = self.state.real_now() if instance.kind == "runner_precondition" else None
             self.state.touch(instance)
             self.new_attempt(instance)
         else:
-            instance.error_id = "UnsupportedPrecondition"
-            instance.error_message = f"{instance.type} is evaluated by the service, which this version cannot do"
-            self._finish(instance, Status.FAILED)
+            self._start_system_check(instance, now)
 
-    def _finish(self, instance: Instance, status: Status) -> None:
+    def _finish(self, instance: Instance, status: Status, *, fire: bool = True) -> None:
         instance.status = status
         instance.ready_at = None
+        instance.paused_from = None
         instance.actual_end = self.state.clock.now()
         self.state.touch(instance)
         log.info("instance %s of %s is %s", instance.instance_id, instance.pipeline_id, status)
+        if fire:
+            self.actions.on_final(instance, status)
         for dependent in self.dependents(instance):
             self.advance(dependent)
+        self._start_waiting_siblings(instance)
+
+    def _slot_free(self, instance: Instance) -> bool:
+        """Whether fewer than ``maxActiveInstances`` other instances of the component are active."""
+        limit = max(1, self._int(instance.first("maxActiveInstances"), DEFAULT_MAX_ACTIVE_INSTANCES))
+        siblings = self.state.instances_of(instance.pipeline_id, instance.component_id)
+        return sum(other.status in ACTIVE for other in siblings if other is not instance) < limit
+
+    def _start_waiting_siblings(self, instance: Instance) -> None:
+        """An instance ended: start the component's next waiting instances, oldest first, as slots allow."""
+        if instance.kind not in RUNNABLE:
+            return
+        siblings = self.state.instances_of(instance.pipeline_id, instance.component_id)
+        waiting = sorted(
+            (other for other in siblings if other.status == Status.WAITING_ON_DEPENDENCIES),
+            key=lambda other: other.scheduled_start,
+        )
+        for other in waiting:
+            if not self._slot_free(other):
+                return
+            self.advance(other)
 
     def new_attempt(self, instance: Instance, delay_s: float = 0.0) -> None:
         """Open the next attempt now, or after ``delay_s`` (a retry or a precondition re-check)."""
         if delay_s > 0:
-            instance.ready_at = self.state.clock.now() + delay_s
+            instance.ready_at = self.state.real_now() + delay_s
             self.state.touch(instance)
             self.state.add_timer(instance.ready_at, "retry", (instance.pipeline_id, instance.instance_id))
             return
@@ -208,6 +160,9 @@ class Lifecycle:
         pipeline = self.state.pipelines.get(attempt.pipeline_id)
         if pipeline is None or pipeline.deleted or pipeline.state != PipelineState.SCHEDULED:
             return
+        if instance.kind == "system_precondition":
+            self._dispatch_check(attempt, instance, pipeline)
+            return
         if instance.worker_group is None:
             return  # Like AWS: it waits for a runner forever (no workerGroup / runsOn).
         self.state.enqueue(instance.worker_group, (attempt.pipeline_id, attempt.attempt_id), front=front)
@@ -227,23 +182,26 @@ class Lifecycle:
                 continue
             if attempt.handed_out_at is not None and attempt.ack_deadline is not None:
                 continue  # Already with a runner (a duplicate queue entry).
+            if self.state.instances[(attempt.pipeline_id, attempt.instance_id)].status == Status.PAUSED:
+                continue  # RESUME offers it again.
             return self._hand_out(attempt, hostname)
         return None
 
     def _hand_out(self, attempt: Attempt, hostname: str | None) -> dict[str, Any]:
         instance = self.state.instances[(attempt.pipeline_id, attempt.instance_id)]
         now = self.state.clock.now()
+        deadline_base = self.state.real_now()
         if attempt.task_id is None or self.config.rehandout == Rehandout.NEW_ATTEMPT:
             attempt.task_id = attempt.task_id or new_task_id(attempt.number)
             self.state.tasks[attempt.task_id] = (attempt.pipeline_id, attempt.attempt_id)
         attempt.hostname = hostname
         attempt.handed_out_at = now
         attempt.actual_start = attempt.actual_start or now
-        attempt.ack_deadline = now + self.config.ack_timeout_s
+        attempt.ack_deadline = deadline_base + self.config.ack_timeout_s
         self.state.add_timer(attempt.ack_deadline, "ack", (attempt.pipeline_id, attempt.attempt_id))
-        timeout = duration_s(instance.first("attemptTimeout"))
+        timeout = period_seconds(instance.first("attemptTimeout"))
         if timeout is not None and attempt.attempt_deadline is None:
-            attempt.attempt_deadline = now + timeout
+            attempt.attempt_deadline = deadline_base + timeout
             self.state.add_timer(attempt.attempt_deadline, "attempt_timeout", (attempt.pipeline_id, attempt.attempt_id))
         instance.actual_start = instance.actual_start or now
         self.state.touch(attempt, instance)
@@ -286,8 +244,8 @@ class Lifecycle:
             instance.status = Status.RUNNING
             log.info("task %s acknowledged", attempt.attempt_id)
         attempt.report_progress_time = now
-        timeout = duration_s(instance.first("reportProgressTimeout")) or self.config.progress_timeout_s
-        attempt.progress_deadline = now + timeout
+        timeout = period_seconds(instance.first("reportProgressTimeout")) or self.config.progress_timeout_s
+        attempt.progress_deadline = self.state.real_now() + timeout
         self.state.add_timer(attempt.progress_deadline, "progress", (attempt.pipeline_id, attempt.attempt_id))
         self.state.touch(attempt, instance)
         return False
@@ -337,8 +295,8 @@ class Lifecycle:
         self._finish(instance, Status.FAILED)
 
     def _precondition_false(self, instance: Instance) -> None:
-        now = self.state.clock.now()
-        timeout = duration_s(instance.first("preconditionTimeout"))
+        now = self.state.real_now()
+        timeout = period_seconds(instance.first("preconditionTimeout"))
         since = instance.checking_since or now
         delay = self._retry_delay(instance)
         if timeout is not None and now + delay - since > timeout:
@@ -346,11 +304,13 @@ class Lifecycle:
             instance.error_message = f"The precondition was not met within preconditionTimeout ({timeout:g} s)."
             self._finish(instance, Status.FAILED)
             return
-        instance.status = Status.WAITING_FOR_RUNNER
+        # A system precondition stays RUNNING while the service re-checks it; no runner is involved.
+        system = instance.kind == "system_precondition"
+        instance.status = Status.RUNNING if system else Status.WAITING_FOR_RUNNER
         self.new_attempt(instance, delay)
 
     def _retry_delay(self, instance: Instance) -> float:
-        delay = duration_s(instance.first("retryDelay"))
+        delay = period_seconds(instance.first("retryDelay"))
         return delay if delay is not None else self.config.default_retry_delay_s / self.config.time_scale
 
     @staticmethod
@@ -359,6 +319,64 @@ class Lifecycle:
             return int(value) if value is not None else default
         except ValueError:
             return default
+
+    # -- system-managed preconditions (checked by the service itself; see s3check) ------------------
+
+    def _start_system_check(self, instance: Instance, now: float) -> None:
+        if instance.type not in S3_FIELDS:
+            instance.error_id = "UnsupportedPrecondition"
+            instance.error_message = (
+                f"{instance.type} is not supported by the local service (it checks {' and '.join(S3_FIELDS)})."
+            )
+            self._finish(instance, Status.FAILED)
+            return
+        instance.status = Status.RUNNING
+        instance.checking_since = self.state.real_now()
+        instance.actual_start = instance.actual_start or now
+        self.state.touch(instance)
+        self.new_attempt(instance)
+
+    def _dispatch_check(self, attempt: Attempt, instance: Instance, pipeline: Pipeline) -> None:
+        """Start one check (one attempt) on a worker thread; ``system_check_done`` gets its outcome."""
+        key = (attempt.pipeline_id, attempt.attempt_id)
+        if not attempt.open or instance.status != Status.RUNNING:
+            return
+        attempt.status = Status.RUNNING
+        attempt.actual_start = attempt.actual_start or self.state.clock.now()
+        self.state.touch(attempt)
+        from emulator.scope import UnknownObject, evaluate_for  # here: scope imports views, which imports us
+
+        location = instance.first(S3_FIELDS[instance.type]) or ""
+        try:
+            if "#{" in location:
+                location = evaluate_for(self.state, pipeline, instance.instance_id, location)
+            probe = probe_for(instance.type, location)
+        except (ValueError, UnknownObject) as exc:  # ExpressionError is a ValueError
+            self.system_check_done(key, Outcome(False, str(exc), "InvalidPrecondition"))
+            return
+        self.checks.submit(key, probe)
+
+    def system_check_done(self, key: Key, outcome: Outcome) -> None:
+        """Apply a check's outcome: FINISHED, or re-check after ``retryDelay`` until ``preconditionTimeout``."""
+        attempt = self.state.attempts.get(key)
+        if attempt is None or not attempt.open:
+            return  # canceled, paused or superseded while S3 was asked
+        instance = self.state.instances[(attempt.pipeline_id, attempt.instance_id)]
+        if instance.status != Status.RUNNING:
+            return
+        attempt.actual_end = self.state.clock.now()
+        attempt.attempt_status = "FINISHED" if outcome.met else "FALSE"
+        attempt.status = Status.FINISHED if outcome.met else Status.FAILED
+        attempt.error_id = outcome.error_id
+        attempt.error_message = None if outcome.met else outcome.detail
+        self.state.touch(attempt)
+        if outcome.met:
+            self._finish(instance, Status.FINISHED)
+        elif outcome.error_id == "InvalidPrecondition":  # re-checking cannot help
+            instance.error_id, instance.error_message = outcome.error_id, outcome.detail
+            self._finish(instance, Status.FAILED)
+        else:
+            self._precondition_false(instance)
 
     # -- cancellation ----------------------------------------------------------------------------
 
@@ -379,7 +397,7 @@ class Lifecycle:
         if instance.status == Status.FINISHED:
             return
         self._cancel_head_attempt(instance, reason)
-        self._finish(instance, Status.FINISHED)
+        self._finish(instance, Status.FINISHED, fire=False)  # finished by hand: no onSuccess
 
     def _cancel_head_attempt(self, instance: Instance, reason: str) -> None:
         attempt = self.state.attempts.get((instance.pipeline_id, instance.head_attempt or ""))
@@ -390,6 +408,50 @@ class Lifecycle:
             attempt.error_message = reason
             self.state.touch(attempt)
 
+    # -- pause and resume (SetStatus PAUSE / RESUME) -----------------------------------------------
+
+    def can_pause(self, instance: Instance) -> bool:
+        """Whether ``instance`` is waiting (not with a runner, not finished), so PAUSE can hold it."""
+        if instance.status == Status.WAITING_ON_DEPENDENCIES:
+            return True
+        if instance.kind == "system_precondition":
+            return instance.status == Status.RUNNING  # the service's own check: safe to stop
+        attempt = self.state.attempts.get((instance.pipeline_id, instance.head_attempt or ""))
+        held = attempt is not None and attempt.open and attempt.handed_out_at is not None
+        return instance.status == Status.WAITING_FOR_RUNNER and not held
+
+    def pause(self, instance: Instance) -> None:
+        """Hold a waiting instance: nothing of it is handed out, checked or retried until ``resume``."""
+        if instance.status == Status.PAUSED or not self.can_pause(instance):
+            return
+        if instance.kind == "system_precondition":
+            self._cancel_head_attempt(instance, "Paused by SetStatus.")  # a check in flight no longer counts
+        instance.paused_from = str(instance.status)
+        instance.status = Status.PAUSED
+        self.state.touch(instance)
+        log.info("instance %s of %s paused", instance.instance_id, instance.pipeline_id)
+
+    def resume(self, instance: Instance) -> None:
+        """Return a paused instance to the waiting state it was paused in, and move it on."""
+        if instance.status != Status.PAUSED:
+            return
+        instance.status = Status(instance.paused_from or Status.WAITING_ON_DEPENDENCIES)
+        instance.paused_from = None
+        self.state.touch(instance)
+        log.info("instance %s of %s resumed (%s)", instance.instance_id, instance.pipeline_id, instance.status)
+        if instance.status == Status.WAITING_ON_DEPENDENCIES:
+            self.advance(instance)
+            return
+        if instance.ready_at is not None:  # a retry or re-check was due meanwhile, or still is
+            due = max(instance.ready_at, self.state.real_now())
+            self.state.add_timer(due, "retry", (instance.pipeline_id, instance.instance_id))
+            return
+        attempt = self.state.attempts.get((instance.pipeline_id, instance.head_attempt or ""))
+        if attempt is not None and attempt.open:
+            self.offer(attempt, instance)
+        elif instance.kind == "system_precondition":
+            self.new_attempt(instance)
+
     # -- timers ---------------------------------------------------------------------------------
 
     def timer_handlers(self) -> dict[str, Any]:
@@ -399,6 +461,8 @@ class Lifecycle:
             "progress": self._on_progress_deadline,
             "attempt_timeout": self._on_attempt_timeout,
             "retry": self._on_retry,
+            "late": self.actions.on_late,
+            "schedule": self.scheduler.on_timer,
         }
 
     def _open_attempt(self, key: Key) -> tuple[Attempt, Instance] | None:
@@ -412,7 +476,7 @@ class Lifecycle:
         if found is None:
             return
         attempt, instance = found
-        if attempt.acked or attempt.ack_deadline is None or attempt.ack_deadline > self.state.clock.now():
+        if attempt.acked or attempt.ack_deadline is None or attempt.ack_deadline > self.state.real_now():
             return
         self._missed(attempt, instance, f"not acknowledged within {self.config.ack_timeout_s:g} s")
 
@@ -423,7 +487,7 @@ class Lifecycle:
         attempt, instance = found
         if not attempt.acked or attempt.progress_deadline is None:
             return
-        if attempt.progress_deadline > self.state.clock.now():
+        if attempt.progress_deadline > self.state.real_now():
             return
         self._missed(attempt, instance, "no progress reported within the progress timeout")
 
@@ -457,7 +521,7 @@ class Lifecycle:
         if found is None:
             return
         attempt, instance = found
-        if attempt.attempt_deadline is None or attempt.attempt_deadline > self.state.clock.now():
+        if attempt.attempt_deadline is None or attempt.attempt_deadline > self.state.real_now():
             return
         attempt.status = Status.TIMEDOUT
         attempt.cancel_requested = True  # The runner's next report says canceled: true.
@@ -472,7 +536,7 @@ class Lifecycle:
         instance = self.state.instances.get(key)
         if instance is None or instance.status in FINAL or instance.ready_at is None:
             return
-        if instance.ready_at > self.state.clock.now():
+        if instance.ready_at > self.state.real_now() or instance.status == Status.PAUSED:
             return
         self.new_attempt(instance)
 
@@ -482,15 +546,16 @@ class Lifecycle:
         """Re-arm deadlines and queues after loading stored state.
 
         Progress deadlines of running attempts restart from now (the service was down, not the
-        runners); acknowledgement deadlines that expired meanwhile fire at once.
+        runners); acknowledgement deadlines that expired meanwhile fire at once. Scheduled instances
+        that became due meanwhile are created.
         """
-        now = self.state.clock.now()
+        now = self.state.real_now()
         for key, attempt in self.state.attempts.items():
             if not attempt.open:
                 continue
             instance = self.state.instances[(attempt.pipeline_id, attempt.instance_id)]
             if attempt.acked:
-                timeout = duration_s(instance.first("reportProgressTimeout")) or self.config.progress_timeout_s
+                timeout = period_seconds(instance.first("reportProgressTimeout")) or self.config.progress_timeout_s
                 attempt.progress_deadline = now + timeout
                 self.state.add_timer(attempt.progress_deadline, "progress", key)
             elif attempt.ack_deadline is not None:
@@ -503,3 +568,5 @@ class Lifecycle:
         for key, instance in self.state.instances.items():
             if instance.ready_at is not None and instance.status not in FINAL:
                 self.state.add_timer(instance.ready_at, "retry", key)
+        self.actions.recover()
+        self.scheduler.recover()

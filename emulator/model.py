@@ -64,8 +64,14 @@ class Pipeline:
     #: The definition in force since the last activation (GetPipelineDefinition version=active).
     active_objects: list[dict[str, Any]] | None = None
     active_parameter_values: list[dict[str, Any]] = field(default_factory=list)
+    #: The parameter objects in force since the last activation (``None``: state from before they were kept).
+    active_parameter_objects: list[dict[str, Any]] | None = None
     runs: int = 0
     activated_at: float | None = None
+    #: Scheduled pipelines: ``FIRST_ACTIVATION_DATE_TIME`` (clock seconds; ActivatePipeline's startTimestamp if given).
+    first_activated_at: float | None = None
+    #: Scheduled pipelines: per component id, the index of the next schedule interval to create.
+    next_interval: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -95,10 +101,15 @@ class Instance:
     error_message: str | None = None
     error_stack_trace: str | None = None
     cascade_failed_on: str | None = None
-    #: When a pending retry / precondition re-check becomes due (clock seconds).
+    #: When a pending retry / precondition re-check becomes due (real epoch seconds, like every deadline).
     ready_at: float | None = None
-    #: For preconditions: when checking started, to apply preconditionTimeout.
+    #: For preconditions: when checking started (real epoch seconds), to apply preconditionTimeout.
     checking_since: float | None = None
+    #: While ``PAUSED``: the status ``RESUME`` returns it to.
+    paused_from: str | None = None
+    #: When ``onLateAction`` is due (scheduled start + ``lateAfterTimeout``), once armed.
+    late_at: float | None = None
+    late_fired: bool = False
 
     def first(self, key: str) -> str | None:
         """The first value of ``key`` among the effective fields, or ``None``."""
@@ -123,6 +134,7 @@ class Attempt:
     hostname: str | None = None
     handed_out_at: float | None = None
     acked: bool = False
+    #: Deadlines are real epoch seconds (``State.real_now``); displayed times are service-clock seconds.
     ack_deadline: float | None = None
     progress_deadline: float | None = None
     attempt_deadline: float | None = None
@@ -151,6 +163,26 @@ class Runner:
     terminate: bool = False
 
 
+@dataclass
+class FiredAction:
+    """An action (``SnsAlarm``, ``Terminate``) the service ran for an instance; alarms are recorded, never sent."""
+
+    seq: int
+    time: float
+    pipeline_id: str
+    component_id: str
+    instance_id: str
+    #: ``onFail``, ``onSuccess`` or ``onLateAction``.
+    event: str
+    action_id: str
+    action_type: str
+    topic_arn: str | None = None
+    subject: str | None = None
+    message: str | None = None
+    #: What it did (Terminate), or why its text could not be evaluated (SnsAlarm).
+    outcome: str | None = None
+
+
 def to_json(record: Any) -> dict[str, Any]:
     """A record as a JSON-ready dict."""
     return dataclasses.asdict(record)
@@ -177,3 +209,7 @@ def pipeline_from_json(data: dict[str, Any]) -> Pipeline:
 
 def runner_from_json(data: dict[str, Any]) -> Runner:
     return Runner(**data)
+
+
+def fired_action_from_json(data: dict[str, Any]) -> FiredAction:
+    return FiredAction(**data)

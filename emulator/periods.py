@@ -171,3 +171,13 @@ def format_datetime(dt: datetime) -> str:
         dt = dt.astimezone(UTC)
     # Not strftime: glibc drops the zero padding of years before 1000.
     return f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
+
+
+def period_seconds(value: str | None) -> float | None:
+    """A (possibly time-scaled) Period field value in seconds, or ``None`` when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return parse_period(value, allow_seconds=True).seconds()
+    except ValueError:
+        return None

@@ -102,9 +102,35 @@ class Schedule:
             return None
         return self.run_time(activated_at, index, stype)
 
-    def too_old(self, activated_at: datetime) -> bool:
-        """AWS's rule: the first scheduled start may be at most one day before activation."""
-        return (activated_at - self.first_start(activated_at)).total_seconds() > MAX_BACKFILL_AGE_S
+    def index_at(self, activated_at: datetime, moment: datetime) -> int:
+        """The index of the interval that contains ``moment``; the first (or last) when it lies outside."""
+        origin = self.first_start(activated_at)
+        index = self._raw_index(origin, moment)
+        last: int | None = None
+        if self.occurrences is not None:
+            last = self.occurrences - 1
+        if self.end is not None:
+            at_end = self._raw_index(origin, self.end)
+            if self.period.add_to(origin, at_end) >= self.end:
+                at_end -= 1  # that interval starts at (or after) the end, so it does not exist
+            last = at_end if last is None else min(last, at_end)
+        return index if last is None else max(0, min(index, last))
+
+    def _raw_index(self, origin: datetime, moment: datetime) -> int:
+        if moment <= origin:
+            return 0
+        # Months and years have no fixed length: estimate, then step to the exact interval.
+        index = max(0, int((moment - origin).total_seconds() // self.period.seconds()) - 1)
+        while index > 0 and self.period.add_to(origin, index) > moment:
+            index -= 1
+        while self.period.add_to(origin, index + 1) <= moment:
+            index += 1
+        return index
+
+    def too_old(self, activated_at: datetime, now: datetime | None = None) -> bool:
+        """AWS's rule: the first scheduled start may be at most one day before ``now`` (default: activation)."""
+        age = ((now or activated_at) - self.first_start(activated_at)).total_seconds()
+        return age > MAX_BACKFILL_AGE_S
 
 
 def to_datetime(ts: float) -> datetime:

@@ -86,6 +86,7 @@ class ServiceHTTPServer(ThreadingHTTPServer):
         self.admin_actions: dict[str, Any] = {
             "terminate-runner": self._admin_terminate_runner,
             "runners": lambda _body: {"runners": service.runners()},
+            "actions": self._admin_actions,
             "counters": lambda _body: {"counters": self.counters.snapshot()},
             "stats": lambda _body: self._stats(),
             "throttle": lambda _body: {
@@ -93,6 +94,8 @@ class ServiceHTTPServer(ThreadingHTTPServer):
                 "operations": throttle.snapshot() if throttle is not None else {},
             },
             "faults": self._admin_faults,
+            "clock": lambda _body: service.clock_info(),
+            "advance-clock": self._admin_advance_clock,
         }
 
     @property
@@ -100,12 +103,25 @@ class ServiceHTTPServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{host!s}:{port}"
 
+    def _admin_advance_clock(self, body: dict[str, Any]) -> dict[str, Any]:
+        seconds = body.get("seconds")
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise InvalidRequestException('advance-clock needs {"seconds": <non-negative number>}.')
+        return self.service.advance_clock(float(seconds))
+
     def _admin_terminate_runner(self, body: dict[str, Any]) -> dict[str, Any]:
         runner_id = body.get("taskrunnerId")
         if not isinstance(runner_id, str) or not runner_id:
             raise InvalidRequestException("terminate-runner needs a taskrunnerId.")
         self.service.terminate_runner(runner_id)
         return {"taskrunnerId": runner_id, "terminate": True}
+
+    def _admin_actions(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Fired actions in order; ``{"pipelineId": ...}`` keeps one pipeline's."""
+        pipeline_id = body.get("pipelineId")
+        if pipeline_id is not None and not isinstance(pipeline_id, str):
+            raise InvalidRequestException("actions: pipelineId must be a string.")
+        return {"actions": self.service.fired_actions(pipeline_id)}
 
     def _admin_faults(self, body: dict[str, Any]) -> dict[str, Any]:
         """Show the fault injection; a body with any of its keys changes it first (see ``FaultConfig.updated``)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import string
 import threading
@@ -19,8 +20,11 @@ from emulator.errors import (
     PipelineNotFoundException,
     UnknownOperationException,
 )
+from emulator.expressions import ExpressionError
 from emulator.lifecycle import Lifecycle, scaled_value
 from emulator.model import FINAL, Field, Instance, Pipeline, PipelineState, Runner, Status
+from emulator.scheduler import epoch_seconds, is_ondemand, parameter_values
+from emulator.scope import Resolver, UnknownObject, resolver_for
 from emulator.shapes import validate_input
 from emulator.state import State
 from emulator.store import MemoryStore, SqliteStore, Store
@@ -29,6 +33,7 @@ from emulator.views import (
     attempt_fields,
     check_selectors,
     component_fields,
+    evaluated,
     instance_fields,
     matches,
     task_object,
@@ -62,7 +67,15 @@ class Service:
             store = SqliteStore(config.state_path) if config.state_path else MemoryStore()
         self.state = State(config, self.clock, store)
         self.lifecycle = Lifecycle(self.state)
-        self.limits = Limits()
+        self.limits = Limits(
+            objects_per_pipeline=config.limit("objects-per-pipeline"),
+            fields_per_object=config.limit("fields-per-object"),
+            bytes_per_field=config.limit("bytes-per-field"),
+            bytes_per_object=config.limit("bytes-per-object"),
+            bytes_per_name=config.limit("bytes-per-name"),
+            max_retries=config.limit("retries"),
+            parameters=config.limit("parameters"),
+        )
         self._stop = threading.Event()
         self._timer_thread: threading.Thread | None = None
         self._ops: dict[str, Callable[[Params], Params]] = {
@@ -84,12 +97,15 @@ class Service:
 
     def stop(self) -> None:
         """Stop the timers and close the store. Idempotent."""
+        # Order: stop the timers, stop the S3 checks (their results are then dropped), flush, close.
+        first_stop = not self._stop.is_set()
         self._stop.set()
         self.state.wake_timers()
         if self._timer_thread is not None:
             self._timer_thread.join(timeout=5)
+        self.lifecycle.checks.stop()
         with self.state.lock:
-            self.state.flush()
+            self.state.flush(clock=first_stop)  # a second stop finds the store closed
             self.state.store.close()
 
     # -- dispatch ---------------------------------------------------------------------------------
@@ -147,6 +163,12 @@ class Service:
         tags = {t["key"]: t["value"] for t in p.get("tags", [])}
         if len(tags) > 10:
             raise InvalidRequestException("A pipeline can have at most 10 tags.")
+        limit = self.config.limit("pipelines")
+        if sum(1 for x in self.state.pipelines.values() if not x.deleted) >= limit:
+            raise InvalidRequestException(
+                f"Limit exceeded: this account already has {limit} pipelines, its limit."
+                " Delete a pipeline, or start the service with a higher --limit pipelines=N."
+            )
         pipeline = Pipeline(
             pipeline_id=new_pipeline_id(),
             name=p["name"],
@@ -244,9 +266,10 @@ class Service:
         if version == "active":
             if pipeline.active_objects is None:
                 raise InvalidRequestException(f"Pipeline {pipeline.pipeline_id} has never been activated.")
+            active_parameters = pipeline.active_parameter_objects
             return {
                 "pipelineObjects": pipeline.active_objects,
-                "parameterObjects": pipeline.parameter_objects,
+                "parameterObjects": pipeline.parameter_objects if active_parameters is None else active_parameters,
                 "parameterValues": pipeline.active_parameter_values,
             }
         return {
@@ -268,12 +291,24 @@ class Service:
             raise InvalidRequestException(
                 "Pipeline definition has errors: fix them and call PutPipelineDefinition again."
             )
+        scheduler = self.lifecycle.scheduler
+        ondemand = is_ondemand(pipeline.objects)
+        start_timestamp = epoch_seconds(p.get("startTimestamp"))
+        if not ondemand:
+            parameters = parameter_values(pipeline.parameter_objects, values)
+            scheduler.check_start(pipeline, pipeline.objects, parameters, start_timestamp)
         pipeline.active_objects = pipeline.objects
         pipeline.active_parameter_values = values
+        pipeline.active_parameter_objects = pipeline.parameter_objects
         pipeline.state = PipelineState.SCHEDULED
         pipeline.activated_at = self.clock.now()
         self.state.touch(pipeline)
         instances = self._instances(pipeline.pipeline_id)
+        if not ondemand:
+            self._resume(pipeline, instances)
+            created = scheduler.activate(pipeline, start_timestamp)
+            log.info("activated scheduled pipeline %s (%d instances due now)", pipeline.pipeline_id, created)
+            return {}
         if instances and not all(i.status in FINAL for i in instances):
             self._resume(pipeline, instances)
         else:
@@ -282,10 +317,10 @@ class Service:
         return {}
 
     def _start_runs(self, pipeline: Pipeline) -> None:
-        """Start the run(s) due at activation. On-demand: one run now."""
+        """Start an on-demand pipeline's run: one now."""
         now = self.clock.now()
         pipeline.runs += 1
-        self.lifecycle.start_run(pipeline, now, now)
+        self.lifecycle.scheduler.run_once(pipeline, now, now)
 
     def _resume(self, pipeline: Pipeline, instances: list[Instance]) -> None:
         """Re-offer the open attempts of a reactivated pipeline."""
@@ -326,27 +361,58 @@ class Service:
         return {}
 
     def op_SetStatus(self, p: Params) -> Params:
+        """PAUSE or RESUME components (all unfinished instances) or instances; TRY_CANCEL, RERUN, MARK_FINISHED.
+
+        Every object is checked before anything changes, so a refused call changes nothing.
+        """
         pipeline = self._pipeline(p["pipelineId"])
-        status = p["status"].upper()
+        if pipeline.state == PipelineState.FINISHED:
+            raise InvalidRequestException(f"Pipeline {pipeline.pipeline_id} has finished; its status cannot be set.")
+        status = p["status"]
+        if status not in INSTANCE_STATUSES:
+            raise InvalidRequestException(
+                f"Invalid status {status[:50]!r}: use PAUSE or RESUME for components,"
+                " TRY_CANCEL, RERUN, MARK_FINISHED, PAUSE or RESUME for instances."
+            )
+        components = {obj["id"] for obj in [*pipeline.objects, *(pipeline.active_objects or [])]}
         targets: list[Instance] = []
         for object_id in p["objectIds"]:
             instance = self.state.instances.get((pipeline.pipeline_id, object_id))
-            if instance is None:
+            if instance is not None:
+                self._check_settable(instance, status)
+                targets.append(instance)
+            elif object_id in components:
+                if status not in COMPONENT_STATUSES:
+                    raise InvalidRequestException(
+                        f"{object_id!r} is a component: use PAUSE or RESUME ({status} applies to instances)."
+                    )
+                targets += [i for i in self._instances(pipeline.pipeline_id) if i.component_id == object_id]
+            else:
                 raise InvalidRequestException(
-                    f"Object {object_id!r} is not an instance of pipeline {pipeline.pipeline_id}"
-                    " (this service supports SetStatus on instances)."
+                    f"Object {object_id[:256]!r} is not a component or instance of pipeline {pipeline.pipeline_id}."
                 )
-            targets.append(instance)
         for instance in targets:
-            if status in ("TRY_CANCEL", "CANCEL"):
+            if status == "TRY_CANCEL":
                 self.lifecycle.cancel(instance, "Canceled by SetStatus.")
             elif status == "MARK_FINISHED":
                 self.lifecycle.mark_finished(instance, "Marked finished by SetStatus.")
             elif status == "RERUN":
                 self._rerun(instance)
+            elif status == "PAUSE":
+                self.lifecycle.pause(instance)  # a component's running or finished instances carry on
             else:
-                raise InvalidRequestException(f"Status {status!r} is not valid for instances.")
+                self.lifecycle.resume(instance)
         return {}
+
+    def _check_settable(self, instance: Instance, status: str) -> None:
+        """Refuse what cannot apply to ``instance`` (before any object changes)."""
+        if status == "RERUN" and instance.status not in FINAL:
+            raise InvalidRequestException(f"Instance {instance.instance_id} is still {instance.status}.")
+        if status == "PAUSE" and instance.status != Status.PAUSED and not self.lifecycle.can_pause(instance):
+            raise InvalidRequestException(
+                f"Instance {instance.instance_id} is {instance.status}: only a waiting instance can be paused"
+                " (TRY_CANCEL stops one a runner holds)."
+            )
 
     def _rerun(self, instance: Instance) -> None:
         if instance.status not in FINAL:
@@ -383,6 +449,10 @@ class Service:
             if rendered is None:
                 continue
             name, fields = rendered
+            if p.get("evaluateExpressions"):
+                # Friendlier than AWS (which is said to fail for components): a value that cannot be
+                # evaluated in this object's context is shown as written.
+                fields = evaluated(fields, self._resolver(pipeline, object_id), object_id=object_id, lenient=True)
             out.append(
                 {
                     "id": object_id,
@@ -417,12 +487,23 @@ class Service:
             out["marker"] = marker
         return out
 
+    def _resolver(self, pipeline: Pipeline, object_id: str) -> Resolver | None:
+        try:
+            return resolver_for(self.state, pipeline, object_id)
+        except UnknownObject:
+            return None
+
     def op_EvaluateExpression(self, p: Params) -> Params:
-        self._pipeline(p["pipelineId"])
-        expression = p["expression"]
-        if "#{" in expression:
-            raise InvalidRequestException("Expression evaluation is not available in this version of the service.")
-        return {"evaluatedExpression": expression}
+        pipeline = self._pipeline(p["pipelineId"])
+        resolver = self._resolver(pipeline, p["objectId"])
+        if resolver is None:
+            raise InvalidRequestException(
+                f"Object {p['objectId']!r} is not a component, instance or attempt of pipeline {pipeline.pipeline_id}."
+            )
+        try:
+            return {"evaluatedExpression": resolver.evaluate(p["expression"])}
+        except ExpressionError as exc:
+            raise InvalidRequestException(f"Cannot evaluate the expression: {exc}") from exc
 
     # -- the task-runner API ----------------------------------------------------------------------
 
@@ -437,18 +518,35 @@ class Service:
                 if skeleton is not None:
                     task = self._task_object(skeleton)
                     self.state.flush()
+                    if task is None:
+                        continue  # Its expressions failed it; look for the next task.
                     return {"taskObject": task}
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._stop.is_set() or gone():
                     return {}
                 cond.wait(min(remaining, 0.5))
 
-    def _task_object(self, skeleton: Params) -> Params:
+    def _task_object(self, skeleton: Params) -> Params | None:
+        """The task object of a hand-out, with its expressions evaluated.
+
+        ``None`` when a field cannot be evaluated: the attempt then ends ``FAILED`` with errorId
+        ``ExpressionError``, as if its runner had reported it, so it counts against ``maximumRetries``.
+        """
         key = (skeleton["pipelineId"], skeleton["attemptId"])
         attempt = self.state.attempts[key]
         instance = self.state.instances[(attempt.pipeline_id, attempt.instance_id)]
         pipeline = self.state.pipelines[attempt.pipeline_id]
-        task = task_object(self.state, pipeline, instance, attempt, skeleton, lambda _object_id: None)
+
+        def evaluator_for(object_id: str) -> Resolver:
+            within = None if object_id == attempt.attempt_id else attempt.attempt_id
+            return resolver_for(self.state, pipeline, object_id, within=within)
+
+        try:
+            task = task_object(self.state, pipeline, instance, attempt, skeleton, evaluator_for)
+        except ExpressionError as exc:
+            log.warning("task %s of %s failed at hand-out: %s", attempt.attempt_id, pipeline.pipeline_id, exc)
+            self.lifecycle.set_task_status(skeleton["taskId"], "FAILED", "ExpressionError", str(exc), None)
+            return None
         # The attempt's Periods were scaled when its instance was made; referenced objects are
         # rendered from the definition, so scale theirs here (--time-scale divides every Period).
         for object_id, obj in task["objects"].items():
@@ -489,6 +587,29 @@ class Service:
 
     # -- admin ------------------------------------------------------------------------------------
 
+    def clock_info(self) -> dict[str, Any]:
+        """The service clock: now (as the API shows times and in epoch seconds) and its speed."""
+        now = self.clock.now()
+        return {"now": stamp(now), "epochSeconds": now, "speed": self.clock.speed}
+
+    def advance_clock(self, seconds: float) -> dict[str, Any]:
+        """Move the service clock forward and create the scheduled instances that became due at once.
+
+        Deadlines run in real time and do not move.
+
+        Raises:
+            InvalidRequestException: ``seconds`` is negative or not finite.
+        """
+        if not math.isfinite(seconds) or seconds < 0:
+            raise InvalidRequestException(f"advance-clock needs a non-negative number of seconds, got {seconds!r}.")
+        with self.state.lock:
+            self.clock.advance(seconds)
+            created = self.lifecycle.scheduler.tick_all()
+            self.state.flush(clock=True)
+        self.state.wake_timers()
+        log.info("service clock advanced by %g s (%d scheduled instances created)", seconds, created)
+        return {**self.clock_info(), "advancedSeconds": seconds, "instancesCreated": created}
+
     def terminate_runner(self, taskrunner_id: str) -> None:
         """Make the runner's next heartbeat answer ``terminate: true``."""
         with self.state.lock:
@@ -515,6 +636,11 @@ class Service:
                 for r in self.state.runners.values()
             ]
 
+    def fired_actions(self, pipeline_id: str | None = None) -> list[dict[str, Any]]:
+        """Actions fired so far, in order (optionally one pipeline's), for the admin API."""
+        with self.state.lock:
+            return self.lifecycle.actions.listing(pipeline_id)
+
     def effective(self, pipeline_id: str, object_id: str) -> list[Field]:
         """An object's effective fields (for tests and the admin API)."""
         with self.state.lock:
@@ -526,6 +652,10 @@ def _first_error(errors: Sequence[Mapping[str, Any]]) -> str:
     first = errors[0]
     return f"{first['id']}: {first['errors'][0]}"
 
+
+#: SetStatus values AWS documents: components take PAUSE / RESUME; instances the rest (and, here, PAUSE / RESUME).
+COMPONENT_STATUSES = ("PAUSE", "RESUME")
+INSTANCE_STATUSES = ("TRY_CANCEL", "RERUN", "MARK_FINISHED", *COMPONENT_STATUSES)
 
 OPERATIONS = (
     "ActivatePipeline",

@@ -9,6 +9,12 @@ Every message starts with an upper-case code, in the style of the real service::
     INVALID_PARAMETER  INVALID_PARAMETER_VALUE  MISSING_PARAMETER_VALUE  UNDECLARED_PARAMETER
     (warnings only) UNKNOWN_OBJECT_TYPE  UNKNOWN_FIELD  IGNORED_FIELD
 
+Expressions (``#{...}``) in string fields are checked without evaluating them: syntax, unknown
+functions and argument types (``INVALID_FIELD_VALUE``), a ``#{myName}`` that is neither a
+declared parameter nor a field of the object (``UNDECLARED_PARAMETER``), and ``node`` outside
+actions and preconditions. References and ``scriptUri`` (which takes no parameters) are not
+expressions.
+
 Field values are only quoted back when the field is not encrypted (``*password``) and the
 parameter is not masked (``*myPassword``), so secrets never reach a message.
 """
@@ -44,6 +50,8 @@ from emulator.definition import (
     parent_of,
     type_of,
 )
+from emulator.expressions import check as check_expression
+from emulator.expressions import names
 from emulator.periods import Period, PeriodUnit, parse_datetime, parse_period
 
 PARAMETER_TYPES = ("String", "Integer", "Double", "AWS::S3::ObjectKey")
@@ -59,7 +67,10 @@ _ENUMS = {
 # Fields the service reads as plain strings, so a refValue there is a mistake.
 _STRING_FIELDS = SINGLE_VALUED_FIELDS - REF_FIELDS
 _USER_FIELD_RE = re.compile(r"my[A-Z_]")
-_PARAMETER_REF_RE = re.compile(r"#\{\s*\*?([A-Za-z_][A-Za-z0-9_]*)\s*\}", re.ASCII)
+#: String fields whose ``#{...}`` is not an expression (AWS: "scriptUri" takes no parameters).
+NOT_EXPRESSIONS = frozenset({"scriptUri"})
+#: Kinds of object in which ``#{node...}`` means something.
+_NODE_KINDS = frozenset({Kind.ACTION, Kind.RUNNER_PRECONDITION, Kind.SYSTEM_PRECONDITION})
 _INTEGER_RE = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _DOUBLE_RE = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
 
@@ -138,6 +149,14 @@ class _Definition:
     ondemand: bool  # Default's scheduleType is ondemand
     limits: Limits
     types: dict[str, str | None]  # memo of type_of
+    parameters: frozenset[str]  # declared parameter ids, without their '*'
+    keys: dict[str, frozenset[str]]  # memo of field_keys
+
+    def field_keys(self, object_id: str) -> frozenset[str]:
+        """Keys of the object's own and inherited fields."""
+        if object_id not in self.keys:
+            self.keys[object_id] = frozenset(f.key for f in effective_of(self.own, object_id))
+        return self.keys[object_id]
 
     def type_of(self, object_id: str) -> str | None:
         if object_id not in self.types:
@@ -176,6 +195,10 @@ def validate_definition(
         ondemand=any(f.key == "scheduleType" and f.value.lower() == "ondemand" for f in own.get(DEFAULT_OBJECT_ID, [])),
         limits=limits,
         types={},
+        parameters=frozenset(
+            as_text(p.get("id")).removeprefix("*") for p in parameter_objects if isinstance(p, Mapping)
+        ),
+        keys={},
     )
     if len(objects) > limits.objects_per_pipeline:
         message = (
@@ -200,11 +223,11 @@ def validate_definition(
     for object_id in by_id:
         _check_structure(object_id, defn, report)
     referenced = {
-        match.group(1)
+        name.removeprefix("*")
         for obj in objects
         for field in own_fields(obj)
-        if not field.is_ref
-        for match in _PARAMETER_REF_RE.finditer(field.value)
+        if not field.is_ref and field.key not in NOT_EXPRESSIONS
+        for name in names(field.value)
     }
     _check_parameters(parameter_objects, parameter_values, referenced, limits, report)
     return report.result()
@@ -248,7 +271,9 @@ def _check_field(object_id: str, field: EffectiveField, defn: _Definition, repor
         _check_reference(object_id, name, value, defn, report)
     elif name in REF_FIELDS:
         report.error(object_id, f"INVALID_FIELD_VALUE: '{key}' must be a reference to an object, not a string value.")
-    elif "#{" not in value:  # expressions are evaluated at run time, not here
+    elif "#{" in value:  # evaluated at run time; only what can be known now is checked
+        _check_expressions(object_id, key, value, defn, report)
+    else:
         _check_literal(object_id, key, name, value, defn, report)
 
 
@@ -264,6 +289,45 @@ def _check_reference(object_id: str, name: str, target: str, defn: _Definition, 
         if kind is not None and kind not in allowed:
             expected = " or ".join(sorted(k.value for k in allowed))
             err(f"INVALID_OBJECT_REFERENCE: '{name}' refers to '{target}', a {kind.value}; expected a {expected}.")
+
+
+def _check_expressions(object_id: str, key: str, value: str, defn: _Definition, report: _Report) -> None:
+    if key in NOT_EXPRESSIONS:
+        return
+    problems = check_expression(value)
+    for problem in problems:
+        detail = "(details hidden: encrypted field)" if key.startswith("*") else problem
+        report.error(object_id, f"INVALID_FIELD_VALUE: '{key}' has an invalid expression: {detail}.")
+    if problems:
+        return
+    for name in names(value):
+        shown = "a name" if key.startswith("*") else f"'{name}'"
+        head = name.partition(".")[0]
+        if head == "node":
+            kind = defn.kind(object_id)
+            if kind is not None and kind not in _NODE_KINDS:
+                report.error(
+                    object_id,
+                    f"INVALID_FIELD_VALUE: '{key}' uses {shown}, but 'node' exists only in actions and preconditions.",
+                )
+            continue
+        bare = name.removeprefix("*")
+        if "." in name or name.startswith("@") or name == "name" or bare in defn.parameters:
+            continue
+        if name in defn.field_keys(object_id):
+            continue
+        if bare.startswith("my"):
+            report.error(
+                object_id,
+                f"UNDECLARED_PARAMETER: '{key}' uses {shown}, which is neither a declared parameter"
+                f" nor a field of '{object_id}'.",
+            )
+        else:
+            report.warn(
+                object_id,
+                f"UNKNOWN_FIELD: '{key}' uses {shown}, which is neither a field of '{object_id}'"
+                " nor a parameter; evaluating it will fail.",
+            )
 
 
 def _check_literal(object_id: str, key: str, name: str, value: str, defn: _Definition, report: _Report) -> None:
@@ -479,3 +543,6 @@ def _check_parameter_value(parameter: _Parameter, value: str, what: str, limits:
         report.warn(parameter.id, f"INVALID_PARAMETER_VALUE: {subject} is not an s3:// URI.")
     if parameter.allowed and value not in parameter.allowed:
         err(f"INVALID_PARAMETER_VALUE: {subject} is not one of its allowedValues.")
+    if not parameter.id.startswith("*"):  # a masked value is used as it is, never evaluated
+        for problem in check_expression(value):
+            err(f"INVALID_PARAMETER_VALUE: {subject} has an invalid expression: {problem}.")

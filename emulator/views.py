@@ -3,18 +3,35 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from emulator.clock import stamp
 from emulator.config import TaskObjects
 from emulator.definition import effective_fields
 from emulator.errors import InvalidRequestException
+from emulator.expressions import ExpressionError
 from emulator.lifecycle import TASK_REFS
 from emulator.model import Attempt, Field, Instance, Pipeline, PipelineState, Status
 from emulator.state import State
 
-Evaluator = Callable[[str], str]
-"""Evaluates ``#{...}`` expressions in one field value in the context of one object."""
+
+class Evaluator(Protocol):
+    """Evaluates the ``#{...}`` expressions of field values in the context of one object."""
+
+    def expand(self, text: str) -> list[str]:
+        """One field value evaluated: one value, or one per element of an array it uses.
+
+        Raises:
+            ExpressionError: an expression cannot be evaluated.
+        """
+        ...
+
+
+#: Fields that are never evaluated: ``scriptUri`` takes no parameters (AWS: the script at that
+#: URI is the runner's to evaluate, through EvaluateExpression), and what a runner reported is text.
+NOT_EVALUATED = frozenset(
+    {"scriptUri", "hostname", "reportProgressTime", "attemptStatus", "errorId", "errorMessage", "errorStackTrace"}
+)
 
 TIME_FIELDS = ("@scheduledStartTime", "@scheduledEndTime", "@actualStartTime", "@actualEndTime")
 QUERYABLE = frozenset({"name", "@sphere", "parent", "@componentParent", "@instanceParent", "@status", *TIME_FIELDS})
@@ -115,11 +132,34 @@ def attempt_fields(instance: Instance, attempt: Attempt) -> list[Field]:
     )
 
 
-def evaluated(fields: list[Field], evaluate: Evaluator | None) -> list[Field]:
-    """Fields with expressions evaluated (refs and ``@`` fields are never evaluated)."""
-    if evaluate is None:
+def evaluated(
+    fields: list[Field], evaluator: Evaluator | None, *, object_id: str = "", lenient: bool = False
+) -> list[Field]:
+    """Fields with their expressions evaluated; each value of a multi-valued field on its own.
+
+    Refs, ``@`` fields and :data:`NOT_EVALUATED` fields are kept as they are. With ``lenient``, a
+    value that cannot be evaluated is kept as written.
+
+    Raises:
+        ExpressionError: (unless ``lenient``) a value cannot be evaluated; the message names the
+            field and ``object_id`` (and hides the details for an encrypted ``*`` field).
+    """
+    if evaluator is None:
         return fields
-    return [Field(k, v if ref or k.startswith("@") or "#{" not in v else evaluate(v), ref) for k, v, ref in fields]
+    out: list[Field] = []
+    for key, value, is_ref in fields:
+        if is_ref or key.startswith("@") or key in NOT_EVALUATED or "#{" not in value:
+            out.append(Field(key, value, is_ref))
+            continue
+        try:
+            out.extend(Field(key, text, False) for text in evaluator.expand(value))
+        except ExpressionError as exc:
+            if lenient:
+                out.append(Field(key, value, is_ref))
+                continue
+            detail = "(details hidden: encrypted field)" if key.startswith("*") else str(exc)
+            raise ExpressionError(f"cannot evaluate '{key}' of {object_id}: {detail}") from None
+    return out
 
 
 def task_object(
@@ -130,12 +170,13 @@ def task_object(
     skeleton: dict[str, Any],
     evaluator_for: Callable[[str], Evaluator | None],
 ) -> dict[str, Any]:
-    """The ``taskObject`` of a hand-out: the attempt, plus (unless attempt-only) every object it refers to."""
-    attempt_obj = {
-        "id": attempt.attempt_id,
-        "name": attempt.attempt_id,
-        "fields": api_fields(evaluated(attempt_fields(instance, attempt), evaluator_for(attempt.attempt_id))),
-    }
+    """The ``taskObject`` of a hand-out: the attempt, plus (unless attempt-only) every object it refers to.
+
+    Raises:
+        ExpressionError: a field value cannot be evaluated.
+    """
+    own = evaluated(attempt_fields(instance, attempt), evaluator_for(attempt.attempt_id), object_id=attempt.attempt_id)
+    attempt_obj = {"id": attempt.attempt_id, "name": attempt.attempt_id, "fields": api_fields(own)}
     objects = {attempt.attempt_id: attempt_obj}
     if state.config.task_objects == TaskObjects.FULL:
         by_id = {obj["id"]: obj for obj in pipeline.active_objects or []}
@@ -151,7 +192,7 @@ def task_object(
                     Field("@sphere", "COMPONENT", False),
                     Field("@pipelineId", pipeline.pipeline_id, False),
                 ]
-                fields = evaluated(fields, evaluator_for(ref_id))
+                fields = evaluated(fields, evaluator_for(ref_id), object_id=ref_id)
                 objects[ref_id] = {
                     "id": ref_id,
                     "name": by_id[ref_id].get("name", ref_id),

@@ -71,6 +71,6 @@ def test_killing_the_worker_leaves_no_process_of_its_command(stack: Stack, pool:
     finally:
         # Data Pipeline would hand the task out again once its heartbeats stop; this test is done with it.
         stack.dp.set_status(
-            pipelineId=pipeline, objectIds=[instance(stack.dp, pipeline, "Long")["@id"]], status="CANCEL"
+            pipelineId=pipeline, objectIds=[instance(stack.dp, pipeline, "Long")["@id"]], status="TRY_CANCEL"
         )
         stop_process(worker)

@@ -29,13 +29,16 @@ START = 1_900_000_000.0
 
 
 class ManualClock(Clock):
-    """A clock that moves only when the test advances it."""
+    """A clock that moves only when the test advances it; real time (deadlines) moves with it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.t = START
 
     def now(self) -> float:
+        return self.t
+
+    def real_now(self) -> float:
         return self.t
 
     def advance(self, seconds: float) -> float:

@@ -54,3 +54,23 @@ def test_first_activation_start_and_monthly_periods_follow_the_calendar() -> Non
 @pytest.mark.parametrize("value, expected", [(None, "timeseries"), ("CRON", "cron"), ("ONDEMAND", "ondemand")])
 def test_schedule_type_is_case_insensitive(value: str | None, expected: str) -> None:
     assert ScheduleType.of(value) == expected
+
+
+def test_index_at_finds_the_interval_containing_a_moment_and_clamps_to_the_schedule() -> None:
+    hourly = schedule(period="1 hour", startDateTime="2026-01-01T00:00:00", occurrences="5")
+    assert hourly.index_at(T0, T0 + timedelta(hours=2, minutes=30)) == 2
+    assert hourly.index_at(T0, T0 + timedelta(hours=3)) == 3
+    assert hourly.index_at(T0, T0 - timedelta(days=1)) == 0
+    assert hourly.index_at(T0, T0 + timedelta(days=1)) == 4
+    by_end = schedule(period="1 day", startDateTime="2026-01-01T00:00:00", endDateTime="2026-01-03T00:00:00")
+    assert by_end.index_at(T0, T0 + timedelta(days=10)) == 1
+    monthly = schedule(period="1 month", startDateTime="2024-01-31T00:00:00")
+    start = datetime(2024, 1, 31, tzinfo=UTC)
+    assert monthly.index_at(start, datetime(2025, 3, 30, tzinfo=UTC)) == 13
+    assert monthly.index_at(start, datetime(2025, 3, 31, tzinfo=UTC)) == 14
+
+
+def test_the_one_day_rule_measures_from_now_for_a_first_activation_start() -> None:
+    s = schedule(period="1 hour", startAt="FIRST_ACTIVATION_DATE_TIME")
+    assert not s.too_old(T0, T0 + timedelta(hours=23))
+    assert s.too_old(T0, T0 + timedelta(hours=25))

@@ -13,10 +13,8 @@ from hypothesis import strategies as st
 from emulator.catalog import PERIOD_FIELDS, TYPES, Kind, kind_of
 from emulator.definition import definition_file_to_api, effective_fields, object_type
 from emulator.validation import Limits, ValidationResult, validate_definition
+from tests.samples_adapt import NOT_STRICT_JSON, STRICT_SAMPLES, load_sample, to_worker_group, with_required_values
 from tests.support import SAMPLES
-
-NOT_STRICT_JSON = {"ondemand-lambda.json", "shell-command-ftp.json"}
-COMPANIONS = {"oracle-backup.json", "devguide-custom-template.json"}
 
 Obj = dict[str, Any]
 
@@ -373,7 +371,7 @@ def test_every_period_field_must_parse_unless_it_is_an_expression(field: str) ->
         f"INVALID_FIELD_VALUE: '{field}' value must be a period such as '15 minutes': invalid period "
         "'5 fortnights': unknown unit 'fortnights'; use one of minutes, hours, days, weeks, months, years."
     ]
-    assert check(*base(**{field: "#{myTimeout}"})).errors == []
+    assert check(*base(**{field: "#{myTimeout}"}), parameters=[{"id": "myTimeout", "default": "1 hour"}]).errors == []
 
 
 @pytest.mark.parametrize(
@@ -411,7 +409,7 @@ def test_schedule_datetimes_must_be_literal(value: str) -> None:
 
 def test_schedule_datetimes_may_be_expressions_and_must_be_in_order() -> None:
     expression = {"id": "S", "type": "Schedule", "period": "1 day", "startDateTime": "#{myStart}"}
-    assert check(expression).errors == []
+    assert check(expression, parameters=[{"id": "myStart", "default": "2024-01-01T00:00:00"}]).errors == []
     backwards = {**expression, "startDateTime": "2024-01-02T00:00:00", "endDateTime": "2024-01-01T00:00:00"}
     assert errors_of(check(backwards), "S") == [
         "INVALID_FIELD_VALUE: 'endDateTime' must be later than 'startDateTime'."
@@ -577,47 +575,68 @@ def test_masked_values_and_encrypted_fields_never_appear_in_messages() -> None:
     assert "(hidden)" in text
 
 
+# --- expressions ------------------------------------------------------------------------------
+
+
+def test_expressions_are_checked_but_refs_and_script_uri_are_not() -> None:
+    result = check(*base(command="echo #{fromat(@scheduledStartTime,'YYYY')} #{1 +}", scriptUri=None))
+    assert errors_of(result, "Say") == [
+        "INVALID_FIELD_VALUE: 'command' has an invalid expression: unknown function 'fromat' (did you mean 'format'?)"
+        " at position 7 in \"#{fromat(@scheduledStartTime,'YYYY')}\".",
+        "INVALID_FIELD_VALUE: 'command' has an invalid expression: expected a value, found the end of the expression"
+        " at position 48 in '#{1 +}'.",
+    ]
+    script = {"id": "Run", "type": "ShellCommandActivity", "scriptUri": "s3://b/#{fromat(}.sh"}
+    assert errors_of(check(*base(script)), "Run") == []
+
+
+def test_a_name_must_be_a_declared_parameter_or_a_field_of_the_object() -> None:
+    command = "#{myParam} #{*mySecret} #{myOwn} #{@scheduledStartTime} #{name} #{input.x} #{myNope}"
+    result = check(
+        *base(command=command, myOwn="o"),
+        parameters=[{"id": "myParam", "default": "p"}, {"id": "*mySecret", "default": "s"}],
+    )
+    assert errors_of(result, "Say") == [
+        "UNDECLARED_PARAMETER: 'command' uses 'myNope', which is neither a declared parameter nor a field of 'Say'."
+    ]
+    shared = check({**DEFAULT, "myShared": "d"}, SCHEDULE, {**ACTIVITY, "command": "#{myShared} #{colour}"})
+    assert shared.errors == []
+    assert warnings_of(shared, "Say") == [
+        "UNKNOWN_FIELD: 'command' uses 'colour', which is neither a field of 'Say' nor a parameter;"
+        " evaluating it will fail."
+    ]
+
+
+def test_node_exists_only_in_actions_and_preconditions() -> None:
+    alarm = {"id": "Alarm", "type": "SnsAlarm", "topicArn": "t", "role": "r", "subject": "#{node.name}"} | {
+        "message": "m"
+    }
+    ready = {"id": "Ready", "type": "ShellCommandPrecondition", "command": "test #{node.@id}"}
+    result = check(*base(alarm, ready, command="echo #{node.name}"))
+    assert errors_of(result, "Say") == [
+        "INVALID_FIELD_VALUE: 'command' uses 'node.name', but 'node' exists only in actions and preconditions."
+    ]
+    assert errors_of(result, "Alarm") == errors_of(result, "Ready") == []
+
+
+def test_expression_messages_never_quote_secrets() -> None:
+    db = {"id": "Db", "type": "JdbcDatabase", "connectionString": "c", "jdbcDriverClass": "D", "username": "u"}
+    result = check(*base({**db, "*password": "hunter2#{oops"}, {**db, "id": "Db2", "*password": "x#{hunter2}"}))
+    masked = check(*uses("*myPin"), parameters=[{"id": "*myPin"}], values={"*myPin": "hunter2#{"})
+    text = json.dumps([result.errors, result.warnings, masked.errors, masked.warnings])
+    assert "hunter2" not in text
+    assert "(details hidden: encrypted field)" in text
+
+
+def test_parameter_values_with_bad_expressions_are_errors() -> None:
+    result = check(*uses("myCmd"), parameters=[{"id": "myCmd"}], values={"myCmd": "echo #{bogus(1)}"})
+    assert errors_of(result, "myCmd") == [
+        "INVALID_PARAMETER_VALUE: the value 'echo #{bogus(1)}' of 'myCmd' has an invalid expression:"
+        " unknown function 'bogus' at position 7 in '#{bogus(1)}'."
+    ]
+
+
 # --- the AWS samples --------------------------------------------------------------------------
-
-
-def to_worker_group(doc: Obj) -> Obj:
-    """README's "→ worker group": drop Ec2Resource/EmrCluster objects, turn runsOn refs into workerGroup."""
-    resources = {o["id"] for o in doc["objects"] if o.get("type") in ("Ec2Resource", "EmrCluster")}
-    objects = []
-    for obj in doc["objects"]:
-        if obj["id"] in resources:
-            continue
-        if "runsOn" in obj:
-            obj = {k: v for k, v in obj.items() if k != "runsOn"} | {"workerGroup": "wg"}
-        objects.append(obj)
-    return {**doc, "objects": objects}
-
-
-def with_required_values(doc: Obj) -> Obj:
-    """Give every non-optional parameter without a default a value of its type (replacing empty ones)."""
-    values = dict(doc.get("values", {}))
-    for parameter in doc.get("parameters", []):
-        if "default" in parameter or parameter.get("optional") == "true" or values.get(parameter["id"]):
-            continue
-        typed = {"Integer": "1", "Double": "1.5", "AWS::S3::ObjectKey": "s3://bucket/key"}
-        values[parameter["id"]] = parameter.get("allowedValues", [typed.get(parameter.get("type", ""), "value")])[0]
-    return {**doc, "values": values}
-
-
-def load_sample(name: str) -> Obj:
-    doc: Obj = json.loads((SAMPLES / name).read_text())
-    if name in COMPANIONS:
-        stem = name.removesuffix(".json")
-        doc["parameters"] = json.loads((SAMPLES / f"{stem}.parameters.json").read_text())["parameters"]
-        doc["values"] = json.loads((SAMPLES / f"{stem}.values.json").read_text())["values"]
-    return doc
-
-
-STRICT_SAMPLES = sorted(
-    p.name
-    for p in SAMPLES.glob("*.json")
-    if p.name not in NOT_STRICT_JSON and not p.name.endswith((".parameters.json", ".values.json"))
-)
 
 
 def test_the_samples_are_as_the_readme_describes() -> None:
