@@ -35,6 +35,19 @@ from emulator.periods import format_datetime
 from emulator.schedules import Schedule, ScheduleType, to_datetime
 from emulator.state import Key
 
+#: Fields the service enforces itself, so their expressions are evaluated when an instance is made.
+ENFORCED_FIELDS = frozenset(
+    {
+        "maximumRetries",
+        "maxActiveInstances",
+        "retryDelay",
+        "attemptTimeout",
+        "reportProgressTimeout",
+        "preconditionTimeout",
+        "lateAfterTimeout",
+    }
+)
+
 if TYPE_CHECKING:
     from emulator.lifecycle import Lifecycle
 
@@ -190,6 +203,7 @@ class Scheduler:
                 worker_group=worker_group,
             )
             self.state.add_instance(instance)
+            self._evaluate_enforced(pipeline, instance)
             made.append(instance)
             self.state.touch(instance)
             return instance
@@ -222,6 +236,28 @@ class Scheduler:
                     if dep_id is not None and dep_id != instance.instance_id:
                         self.state.add_dependency(instance, dep_id)
         return made
+
+    def _evaluate_enforced(self, pipeline: Pipeline, instance: Instance) -> None:
+        """Evaluate expressions in the fields the service itself enforces (``#{myRetries}``), then time-scale.
+
+        Runners get every field evaluated at hand-out; the service's own deadlines and retries need the
+        values when the instance is made. A field that does not evaluate stays as written (treated as unset).
+        """
+        from emulator.lifecycle import scaled_value
+        from emulator.scope import resolver_for
+
+        if not any(k in ENFORCED_FIELDS and "#{" in v for k, v, ref in instance.fields if not ref):
+            return
+        resolver = resolver_for(self.state, pipeline, instance.instance_id)
+        fields = []
+        for key, value, is_ref in instance.fields:
+            if key in ENFORCED_FIELDS and not is_ref and "#{" in value:
+                try:
+                    value = scaled_value(key, resolver.evaluate(value), self.lifecycle.config.time_scale)
+                except (ExpressionError, LookupError) as exc:
+                    log.warning("%s of %s does not evaluate (%s); treated as unset", key, instance.instance_id, exc)
+            fields.append(EffectiveField(key, value, is_ref))
+        instance.fields = fields
 
     # -- scheduled pipelines ----------------------------------------------------------------------
 

@@ -410,3 +410,23 @@ def test_parameter_values_given_on_the_aws_cli_command_line(emulator: EmulatorPr
 
     # then the command has the command-line value and the default
     assert values_of(task, "command") == ["echo hello there world"]
+
+
+def test_fields_the_service_enforces_may_be_expressions(emulator_factory: Callable[..., EmulatorProcess]) -> None:
+    # given maximumRetries taken from a parameter whose value is 0
+    dp = dp_client(emulator_factory("--poll-wait", "1", "--time-scale", "60").url)
+    doc = {
+        **ondemand_definition(shell_activity("Once", maximumRetries="#{myRetries}"), workerGroup="enforced"),
+        "parameters": [{"id": "myRetries", "type": "Integer", "default": "2"}],
+    }
+    pipeline_id = dp.create_pipeline(name="enforced", uniqueId="enforced-1")["pipelineId"]
+    assert not put_definition(dp, pipeline_id, doc, values={"myRetries": "0"})["errored"]
+    dp.activate_pipeline(pipelineId=pipeline_id)
+    # when its only attempt fails
+    task = wait_for_task(dp, "enforced")
+    dp.report_task_progress(taskId=task["taskId"])
+    dp.set_task_status(taskId=task["taskId"], taskStatus="FAILED", errorId="Boom", errorMessage="boom")
+    # then no retry follows: the evaluated 0, not the default of 2, was applied
+    wait_for_status(dp, pipeline_id, "Once", "FAILED")
+    instance = describe(dp, pipeline_id, instance_of(dp, pipeline_id, "Once"))
+    assert instance["errorId"] == "Boom" and instance["@attemptCount"] == "1"
