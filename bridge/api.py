@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -63,6 +64,16 @@ class TaskApi(Protocol):
 
     def evaluate_expression(self, pipeline_id: str, object_id: str, expression: str) -> str:
         """Evaluate ``#{...}`` in ``expression`` in the context of ``object_id``."""
+
+
+#: Characters the API's string pattern forbids (C0 controls but tab/newline/return, surrogates, U+FFFE/F):
+#: a command's coloured stderr would otherwise make SetTaskStatus fail, and the task run again forever.
+_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def clean_text(text: str) -> str:
+    """``text`` with characters the Data Pipeline API refuses replaced by ``?``."""
+    return _FORBIDDEN.sub("?", text)
 
 
 def register_reply_secrets(response_dict: Mapping[str, Any] | None = None, **_: Any) -> None:
@@ -167,11 +178,12 @@ class Boto3TaskApi:
     ) -> None:
         params: dict[str, Any] = {"taskId": task_id, "taskStatus": status}
         if error_id:
-            params["errorId"] = error_id[:ERROR_ID_LIMIT]
+            error_id = clean_text(error_id)
+            params["errorId"] = ("Bridge_" + error_id if error_id.startswith("Service_") else error_id)[:ERROR_ID_LIMIT]
         if error_message:
-            params["errorMessage"] = error_message
+            params["errorMessage"] = clean_text(error_message)
         if error_stack_trace:
-            params["errorStackTrace"] = error_stack_trace[-STACK_TRACE_LIMIT:]
+            params["errorStackTrace"] = clean_text(error_stack_trace)[-STACK_TRACE_LIMIT:]
         self._call("SetTaskStatus", self._client.set_task_status, **params)
 
     def report_task_runner_heartbeat(self, taskrunner_id: str, worker_group: str, hostname: str) -> bool:

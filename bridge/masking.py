@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterable
@@ -22,7 +23,7 @@ class SecretRegistry:
         self._secrets: tuple[str, ...] = ()
 
     def add(self, values: Iterable[str]) -> None:
-        new = {v for v in values if v}
+        new = {form for v in values if v for form in spellings(v)}
         with self._lock:
             if new - set(self._secrets):
                 # Longest first, so a secret that contains another is masked whole.
@@ -52,6 +53,18 @@ def field_secrets(document: Any) -> set[str]:
         elif isinstance(node, list):
             stack.extend(node)
     return found
+
+
+def spellings(value: str) -> set[str]:
+    """How a secret can appear in a log line: as is, JSON-escaped, and as ``%r`` of those as UTF-8 bytes.
+
+    botocore logs request and reply bodies at DEBUG as ``repr(bytes)``; a value with quotes,
+    backslashes or non-ASCII characters would otherwise slip past an exact match.
+    """
+    forms = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}
+    for form in list(forms):
+        forms.add(repr(form.encode("utf-8", "backslashreplace"))[2:-1])
+    return {f for f in forms if f}
 
 
 #: The process-wide registry every handler's filter reads.

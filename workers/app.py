@@ -64,13 +64,7 @@ HANDLERS = load_builtin()
 
 
 def _execute(self: Task, body: Any) -> str:
-    def emit(event: str, **fields: Any) -> None:
-        try:
-            self.send_event(event, **fields)
-        except Exception as exc:  # Flower visibility must never fail a task
-            log.debug("could not send %s: %s", event, exc)
-
-    return Execution(runtime(os.getpid()), body, HANDLERS, emit).run()
+    return Execution(runtime(os.getpid()), body, HANDLERS).run()
 
 
 for _type_name in HANDLERS:

@@ -52,7 +52,6 @@ class Execution:
         runtime: Clients and settings of this worker process.
         body: The message body.
         handlers: Type -> handler registry.
-        emit: Sends a Celery event for Flower (``task-progress``...); may be a no-op.
     """
 
     def __init__(
@@ -60,12 +59,10 @@ class Execution:
         runtime: Runtime,
         body: object,
         handlers: dict[str, Handler],
-        emit: Callable[..., None] | None = None,
     ) -> None:
         self.rt = runtime
         self.body = body
         self.handlers = handlers
-        self.emit = emit or (lambda *_a, **_k: None)
 
     def run(self) -> str:
         """Execute; returns what happened (``finished``, ``failed``, ``canceled``, ``dropped``...)."""
@@ -121,7 +118,6 @@ class Execution:
         heartbeat.start()
         started = time.monotonic()
         log.info("started worker_group=%s task_key=%s type=%s", message.worker_group, task.key, task.object_type)
-        self.emit("task-progress", state="RUNNING", task_key=task.key, attempt=task.attempt_id)
         outcome: Outcome | None = None
         try:
             if cancel.is_set():
@@ -131,20 +127,25 @@ class Execution:
             if handler is None:
                 raise UnsupportedActivity(f"no handler for {task.object_type} on this worker")
             outcome = handler(ctx)
-            if cancel.is_set():
-                raise Canceled(heartbeat.reason or "canceled")
-        except Canceled as exc:
-            heartbeat.stop()
-            state = LeaseState.LOST if heartbeat.reason.startswith("lost") else LeaseState.CANCELED
-            self._end(message, [LeaseState.RUNNING], state)
-            log.info("canceled worker_group=%s task_key=%s: %s", message.worker_group, task.key, exc)
-            self.emit("task-progress", state="CANCELED", task_key=task.key)
-            return "canceled"
+        except Canceled:
+            pass  # handled below, like any other way of ending after a cancel
         except TaskFailure as exc:
             outcome = Outcome.failed(exc.error_id, str(exc), traceback.format_exc())
         except Exception as exc:  # a handler bug still ends the task FAILED, with its traceback
             log.error("handler error task_key=%s", task.key, exc_info=True)
             outcome = Outcome.failed("BridgeHandlerError", f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        if cancel.is_set() or outcome is None:
+            # Canceled or lost: whatever the handler returned or raised, no SetTaskStatus is sent.
+            heartbeat.stop()
+            state = LeaseState.LOST if heartbeat.reason.startswith("lost") else LeaseState.CANCELED
+            self._end(message, [LeaseState.RUNNING], state)
+            log.info(
+                "canceled worker_group=%s task_key=%s: %s",
+                message.worker_group,
+                task.key,
+                heartbeat.reason or "canceled",
+            )
+            return "canceled"
         try:
             return self._report(message, task, outcome, heartbeat, time.monotonic() - started)
         finally:
@@ -160,7 +161,6 @@ class Execution:
                 epoch=message.epoch,
                 fields={"last_beat": at},
             )
-            self.emit("task-progress", state="RUNNING", last_heartbeat=at)
 
         return record
 
@@ -182,14 +182,17 @@ class Execution:
         error_message = _masked(outcome.error_message, MESSAGE_LIMIT)
         stack = _masked(outcome.error_stack_trace, 1024)
         record = {"status": str(outcome.status), "error_id": outcome.error_id, "error_message": error_message}
-        self.rt.leases.transition(
-            message.task_key,
-            message.worker_group,
-            [LeaseState.RUNNING],
-            LeaseState.REPORTING,
-            epoch=message.epoch,
-            fields={"outcome": record},
-        )
+        try:
+            self.rt.leases.transition(
+                message.task_key,
+                message.worker_group,
+                [LeaseState.RUNNING],
+                LeaseState.REPORTING,
+                epoch=message.epoch,
+                fields={"outcome": record},
+            )
+        except BrokerError as exc:  # SetTaskStatus never waits on Redis: the outcome matters more than the record
+            log.warning("could not record the outcome of task_key=%s: %s; reporting it anyway", task.key, exc)
         try:
             retry_call(
                 lambda: self.rt.api.set_task_status(
@@ -200,13 +203,13 @@ class Execution:
             )
         except TaskGone as exc:
             log.warning("lost task_key=%s before its outcome was delivered: %s", task.key, exc)
-            self._end(message, [LeaseState.REPORTING], LeaseState.LOST)
+            self._end(message, [LeaseState.RUNNING, LeaseState.REPORTING], LeaseState.LOST)
             return "lost"
         except RemoteError as exc:
             log.error("could not report task_key=%s: %s", task.key, exc)
-            self._end(message, [LeaseState.REPORTING], LeaseState.LOST)
+            self._end(message, [LeaseState.RUNNING, LeaseState.REPORTING], LeaseState.LOST)
             return "unreported"
-        self._end(message, [LeaseState.REPORTING], LeaseState.DONE)
+        self._end(message, [LeaseState.RUNNING, LeaseState.REPORTING], LeaseState.DONE)
         word = {"FINISHED": "finished", "FAILED": "failed", "FALSE": "false"}[str(outcome.status)]
         if outcome.status == "FAILED":
             log.info(
@@ -219,7 +222,6 @@ class Execution:
             )
         else:
             log.info("%s worker_group=%s task_key=%s in %.1f s", word, message.worker_group, task.key, elapsed)
-        self.emit("task-progress", state=str(outcome.status), task_key=task.key)
         return word
 
     def _end(self, message: TaskMessage, allowed: list[LeaseState], state: LeaseState) -> None:

@@ -113,6 +113,19 @@ def test_a_failing_command_ends_failed_with_its_exit_status_and_stderr_tail(stac
     assert attempt["attemptStatus"] == "FAILED"
 
 
+def test_coloured_stderr_still_ends_the_task_failed_once(stack: Stack, dp: Any) -> None:
+    # given a command whose stderr holds terminal colour codes (control characters the API refuses)
+    pipeline = run_pipeline(dp, GROUP, shell_activity("Colour", command="printf '\\033[31mboom\\033[0m' >&2; exit 1"))
+
+    # when it runs
+    ended = wait_final(dp, pipeline, "Colour")
+
+    # then its failure is reported on the first attempt (not lost, and so not handed out again and again)
+    assert ended["@status"] == "FAILED"
+    assert ended["@attemptCount"] == "1"
+    assert "boom" in ended["errorStackTrace"] and "\x1b" not in ended["errorStackTrace"]
+
+
 def test_a_false_precondition_holds_its_activity_until_it_holds(stack: Stack, dp: Any) -> None:
     # given an activity guarded by a precondition that is false until a gate file exists
     gate, log = stack.dir / "gate", stack.dir / "precondition.log"

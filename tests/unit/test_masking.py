@@ -172,3 +172,20 @@ def test_a_record_whose_args_do_not_fit_its_format_is_reported_not_raised(regist
     # then the handler reported it, as it would without masking, and wrote nothing
     assert reported == [record]
     assert stream.getvalue() == ""
+
+
+def test_escaped_spellings_of_a_secret_are_masked_too() -> None:
+    # given a secret with a quote, a backslash and non-ASCII letters
+    from bridge.masking import SecretRegistry
+
+    registry = SecretRegistry()
+    secret = 'pä"ss\\wörd-77'
+    registry.add([secret])
+    body = json.dumps({"*password": secret}).encode()
+    # when it is logged as botocore does (repr of the JSON bytes), raw UTF-8 or as is
+    lines = [repr(body), repr(json.dumps({"p": secret}, ensure_ascii=False).encode()), f"value={secret}"]
+    # then no spelling of it survives
+    for line in lines:
+        masked = registry.mask(line)
+        assert "****" in masked
+        assert "rd-77" not in masked, masked
