@@ -14,7 +14,7 @@ import signal
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,19 @@ class Stack:
         close_output(emulator, reader)
         self.redis.cleanup()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_stack(worker_group: str, emulator_args: Sequence[str], concurrency: int = 2, **env: str) -> Iterator[Stack]:
+    """A started stack with one threads-pool worker on ``dp.<worker_group>`` and a ``bridge start`` for it."""
+    stack = Stack(emulator_args, **env)
+    try:
+        stack.start()
+        stack.worker(f"dp.{worker_group}", pool="threads", concurrency=concurrency)
+        stack.bridge(worker_group)
+        yield stack
+    finally:
+        stack.stop()
 
 
 def stop_process(proc: ManagedProcess, sig: int = signal.SIGTERM) -> int | None:

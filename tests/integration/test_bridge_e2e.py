@@ -25,6 +25,7 @@ from tests.integration.bridge_stack import (
     logged,
     read_pids,
     run_pipeline,
+    running_stack,
     status,
     wait_final,
 )
@@ -35,18 +36,13 @@ GROUP = "wg"
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    stack = Stack(
+    with running_stack(
+        GROUP,
         ["--poll-wait", "2", "--time-scale", "60", "--progress-timeout", "5"],
         BRIDGE_PROGRESS_DEADLINE_S="5",
         BRIDGE_KILL_GRACE_S="2",
-    )
-    try:
-        stack.start()
-        stack.worker(f"dp.{GROUP}", pool="threads", concurrency=2)
-        stack.bridge(GROUP)
+    ) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture

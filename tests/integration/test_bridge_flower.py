@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.bridge_stack import Stack, run_pipeline, stop_process, wait_final
+from tests.integration.bridge_stack import Stack, run_pipeline, running_stack, stop_process, wait_final
 from tests.support import BIN, ManagedProcess, free_port, wait_for
 
 AUTH = "ops:flower-test"
@@ -18,13 +18,8 @@ AUTH = "ops:flower-test"
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    s = Stack(["--poll-wait", "2", "--time-scale", "60"]).start()
-    try:
-        s.worker("dp.fl", concurrency=2)
-        s.bridge("fl")
+    with running_stack("fl", ["--poll-wait", "2", "--time-scale", "60"]) as s:
         yield s
-    finally:
-        s.stop()
 
 
 def flower_tasks(port: int) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from emulator.definition import definition_file_to_api
-from tests.integration.bridge_stack import FINAL, Stack, attempts, instances, wait_final
+from tests.integration.bridge_stack import FINAL, Stack, attempts, instances, running_stack, wait_final
 from tests.samples_adapt import (
     DATETIME_FORMAT,
     NOT_STRICT_JSON,
@@ -64,18 +64,13 @@ Activate = Callable[[Obj], str]
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    stack = Stack(
+    with running_stack(
+        WORKER_GROUP,
         ["--poll-wait", "2", "--time-scale", "60", "--clock-speed", str(CLOCK_SPEED), "--default-retry-delay", "60"],
         PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         BRIDGE_ENV_ALLOWLIST="AWS_CONFIG_FILE,AWS_SHARED_CREDENTIALS_FILE,AWS_EC2_METADATA_DISABLED",
-    )
-    try:
-        stack.start()
-        stack.worker(f"dp.{WORKER_GROUP}", pool="threads", concurrency=2)
-        stack.bridge(WORKER_GROUP)
+    ) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture
