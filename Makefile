@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # so its shared stack is started once).
 PARALLEL ?= -n 4 --dist loadfile
 
-.PHONY: install demo test unit integration chaos lint typecheck bench emulator clean
+.PHONY: install demo test unit integration lint typecheck bench emulator clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
