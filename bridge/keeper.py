@@ -11,6 +11,7 @@ from bridge.api import TaskApi
 from bridge.errors import BrokerError, RemoteError, TaskGone
 from bridge.leases import Lease, LeaseState, LeaseStore
 from bridge.poller import POLLER
+from bridge.retry import backoff_s
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class Keeper:
         self.leases = leases
         self.owner = owner
         self.stopping = threading.Event()
+        #: Consecutive failed beats per task key (for backoff).
+        self._failures: dict[str, int] = {}
 
     def stop(self) -> None:
         """Stop beating. Idempotent."""
@@ -73,8 +76,27 @@ class Keeper:
             self._end(lease, LeaseState.LOST)
             return
         except RemoteError as exc:
-            log.warning("heartbeat failed worker_group=%s task_key=%s: %s", lease.worker_group, lease.task_key, exc)
+            # Back off per lease (never past one interval), or every failing lease is retried each tick and
+            # the keeper alone overruns the account's ReportTaskProgress rate exactly when it is throttled.
+            failures = self._failures[lease.task_key] = self._failures.get(lease.task_key, 0) + 1
+            retry_in = min(lease.heartbeat_interval_s, backoff_s(failures, base_s=1.0, cap_s=30.0) + 0.5)
+            log.warning(
+                "heartbeat failed worker_group=%s task_key=%s: %s; next try in %.1f s",
+                lease.worker_group,
+                lease.task_key,
+                exc,
+                retry_in,
+            )
+            self.leases.transition(
+                lease.task_key,
+                lease.worker_group,
+                [LeaseState.QUEUED],
+                None,
+                epoch=lease.epoch,
+                fields={"next_beat": time.time() + retry_in},
+            )
             return
+        self._failures.pop(lease.task_key, None)
         if canceled:
             log.info("canceled worker_group=%s task_key=%s while queued", lease.worker_group, lease.task_key)
             self._end(lease, LeaseState.CANCELED)
@@ -90,6 +112,7 @@ class Keeper:
         )
 
     def _end(self, lease: Lease, state: LeaseState) -> None:
+        self._failures.pop(lease.task_key, None)
         self.leases.transition(
             lease.task_key, lease.worker_group, [LeaseState.CLAIMED, LeaseState.QUEUED], state, epoch=lease.epoch
         )

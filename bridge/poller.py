@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from bridge.api import TaskApi
 from bridge.errors import BrokerError, InvalidTask, RemoteError, TaskGone
@@ -19,6 +21,9 @@ from bridge.taskmodel import TaskObject, parse_task_object
 log = logging.getLogger(__name__)
 
 POLLER = "poller"
+#: Lease-store retries per write (about 20 s at most, well inside the acknowledgement window).
+REDIS_RETRIES = 20
+T = TypeVar("T")
 
 
 class Poller:
@@ -112,13 +117,16 @@ class Poller:
         if not self._acknowledge(task, epoch, received_at):
             return
         now = time.time()
-        self.leases.transition(
-            task.key,
-            self.worker_group,
-            [LeaseState.CLAIMED],
-            LeaseState.QUEUED,
-            epoch=epoch,
-            fields={"last_beat": now, "next_beat": now + interval_s},
+        self._with_redis(
+            f"queuing lease {task.key}",
+            lambda: self.leases.transition(
+                task.key,
+                self.worker_group,
+                [LeaseState.CLAIMED],
+                LeaseState.QUEUED,
+                epoch=epoch,
+                fields={"last_beat": now, "next_beat": now + interval_s},
+            ),
         )
         message = TaskMessage(
             schema=1,
@@ -154,18 +162,22 @@ class Poller:
 
     def _claim(self, task: TaskObject, raw: dict[str, object], queue: str, deadline_s: float, interval_s: float) -> int:
         fields = self._lease_fields(task, raw, queue, deadline_s, interval_s)
+        return self._with_redis(
+            f"writing lease {task.key}", lambda: self.leases.claim(task.key, self.worker_group, fields)
+        )
+
+    def _with_redis(self, what: str, fn: Callable[[], T]) -> T:
+        """Retry a lease-store write through a short Redis outage (the task is ours only once leased)."""
         attempt = 0
         while True:
             try:
-                return self.leases.claim(task.key, self.worker_group, fields)
+                return fn()
             except BrokerError as exc:
-                # The task is ours only once leased; keep trying while an ack can still be in time.
-                wait = backoff_s(attempt, 0.2, 2.0)
                 attempt += 1
-                if attempt > 20:
+                if attempt > REDIS_RETRIES:
                     raise
-                log.warning("lease write failed task_key=%s: %s; retrying", task.key, exc)
-                time.sleep(wait)
+                log.warning("%s failed worker_group=%s: %s; retrying", what, self.worker_group, exc)
+                time.sleep(backoff_s(attempt, 0.2, 2.0))
 
     def _acknowledge(self, task: TaskObject, epoch: int, received_at: float) -> bool:
         """ReportTaskProgress at once, retried until ~90 s after the hand-out."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from functools import cache
 from typing import Any
 
 from celery import Celery, Task, signals
+from celery.exceptions import Reject
 
 from bridge import masking
 from bridge.api import Boto3TaskApi
@@ -18,7 +20,7 @@ from bridge.messages import TASK_PREFIX, TaskMessage
 from bridge.publisher import VISIBILITY_TIMEOUT_S
 from bridge.retry import retry_call
 from bridge.settings import Settings
-from workers.execution import Execution, Runtime
+from workers.execution import Execution, LeaseStoreDown, Runtime
 from workers.handlers import load_builtin
 
 log = logging.getLogger(__name__)
@@ -63,8 +65,17 @@ app = make_app(Settings.from_env())
 HANDLERS = load_builtin()
 
 
+#: How long a worker waits before handing a message back while Redis is away (no tight redelivery loop).
+LEASE_RETRY_S = 2.0
+
+
 def _execute(self: Task, body: Any) -> str:
-    return Execution(runtime(os.getpid()), body, HANDLERS).run()
+    try:
+        return Execution(runtime(os.getpid()), body, HANDLERS).run()
+    except LeaseStoreDown as exc:
+        # Acking would lose the task while its lease stays queued; requeue it for when Redis is back.
+        time.sleep(LEASE_RETRY_S)
+        raise Reject(str(exc), requeue=True) from exc
 
 
 for _type_name in HANDLERS:

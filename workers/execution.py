@@ -45,6 +45,10 @@ def _masked(text: str | None, limit: int | None = None) -> str | None:
     return masked[-limit:] if limit and len(masked) > limit else masked
 
 
+class LeaseStoreDown(BrokerError):
+    """The lease could not be taken because Redis is unreachable: the message must go back, not be acked."""
+
+
 class Execution:
     """One delivery of a ``dp.<Type>`` message.
 
@@ -93,8 +97,8 @@ class Execution:
                 fields={"heartbeat_owner": self.rt.worker_id, "started_at": time.time()},
             )
         except BrokerError as exc:
-            log.warning("cannot take lease task_key=%s: %s; not starting it", message.task_key, exc)
-            raise
+            log.warning("cannot take lease task_key=%s: %s; returning the message", message.task_key, exc)
+            raise LeaseStoreDown(str(exc)) from exc
         if result.ok:
             return True
         log.info(
