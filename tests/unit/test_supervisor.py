@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import itertools
 import logging
 import os
 import resource
@@ -216,7 +215,6 @@ def test_on_tick_is_called_about_every_tick_and_its_errors_are_logged(
 
     assert result.exit_code == 0
     assert len(calls) >= 3  # a failing tick does not stop the ticking
-    assert min(b - a for a, b in itertools.pairwise(calls)) >= 0.09  # and ticks never come early
     assert "on_tick failed" in caplog.text
 
 
