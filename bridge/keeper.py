@@ -87,14 +87,7 @@ class Keeper:
                 exc,
                 retry_in,
             )
-            self.leases.transition(
-                lease.task_key,
-                lease.worker_group,
-                [LeaseState.QUEUED],
-                None,
-                epoch=lease.epoch,
-                fields={"next_beat": time.time() + retry_in},
-            )
+            self._update(lease, next_beat=time.time() + retry_in)
             return
         self._failures.pop(lease.task_key, None)
         if canceled:
@@ -102,13 +95,12 @@ class Keeper:
             self._end(lease, LeaseState.CANCELED)
             return
         now = time.time()
+        self._update(lease, last_beat=now, next_beat=now + lease.heartbeat_interval_s)
+
+    def _update(self, lease: Lease, **fields: float) -> None:
+        """Record beat times on a lease that is still queued with the same epoch."""
         self.leases.transition(
-            lease.task_key,
-            lease.worker_group,
-            [LeaseState.QUEUED],
-            None,
-            epoch=lease.epoch,
-            fields={"last_beat": now, "next_beat": now + lease.heartbeat_interval_s},
+            lease.task_key, lease.worker_group, [LeaseState.QUEUED], None, epoch=lease.epoch, fields=fields
         )
 
     def _end(self, lease: Lease, state: LeaseState) -> None:

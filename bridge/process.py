@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 from bridge.api import Boto3TaskApi, TaskApi
 from bridge.errors import AuthError, BrokerError, ConfigError, RemoteError
@@ -99,8 +100,8 @@ class BridgeProcess:
             if not self._stop_requested.is_set():
                 self._spawn(f"poller-{poller.worker_group}", poller.run)
 
-    def _spawn(self, name: str, target: object) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
 

@@ -123,7 +123,12 @@ def _unicode(value: str, what: str) -> str:
     return value
 
 
-def _object(object_id: str, raw: Any) -> PipelineObject:
+def parse_object(object_id: str, raw: Any) -> PipelineObject:
+    """Parse one API-shape object (``{"id", "name", "fields"}``).
+
+    Raises:
+        InvalidTask: a malformed object or field.
+    """
     if not isinstance(raw, Mapping):
         raise InvalidTask(f"object {object_id!r} is not a JSON object")
     raw_fields = raw.get("fields", [])
@@ -164,7 +169,7 @@ def parse_task_object(raw: Any) -> TaskObject:
         if not isinstance(object_id, str):
             raise InvalidTask("an object id is not a string")
         _unicode(object_id, "an object id")
-        objects[object_id] = _object(object_id, obj)
+        objects[object_id] = parse_object(object_id, obj)
     if attempt_id not in objects:
         raise InvalidTask(f"the attempt object {attempt_id!r} is missing from 'objects'")
     secrets = frozenset(

@@ -13,7 +13,7 @@ from typing import Any
 from bridge.api import TaskApi
 from bridge.errors import InvalidTask, RemoteError
 from bridge.settings import Settings
-from bridge.taskmodel import PipelineObject, TaskObject, _object
+from bridge.taskmodel import PipelineObject, TaskObject, parse_object
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=@-]+")
 
@@ -89,7 +89,7 @@ class TaskContext:
         raw: Any = next((o for o in objects if o.get("id") == object_id), None)
         if raw is None:
             raise InvalidTask(f"referenced object {object_id!r} does not exist in pipeline {self.task.pipeline_id}")
-        obj = _object(object_id, raw)
+        obj = parse_object(object_id, raw)
         self._resolved[object_id] = obj
         return obj
 
