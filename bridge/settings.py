@@ -33,6 +33,16 @@ ENV: dict[str, tuple[str, ...]] = {
     "kill_grace_s": ("BRIDGE_KILL_GRACE_S",),
     "log_level": ("BRIDGE_LOG_LEVEL",),
     "log_format": ("BRIDGE_LOG_FORMAT",),
+    "queue_allowance": ("BRIDGE_QUEUE_ALLOWANCE",),
+    "max_queue_wait_s": ("BRIDGE_MAX_QUEUE_WAIT_S",),
+    "report_timeout_s": ("BRIDGE_REPORT_TIMEOUT_S",),
+    "running_ttl_s": ("BRIDGE_RUNNING_TTL_S",),
+    "leader_ttl_s": ("BRIDGE_LEADER_TTL_S",),
+    "liveness_ttl_s": ("BRIDGE_LIVENESS_TTL_S",),
+    "account_id": ("BRIDGE_ACCOUNT_ID",),
+    "api_budget_fraction": ("BRIDGE_API_BUDGET_FRACTION",),
+    "local_budget_fraction": ("BRIDGE_LOCAL_BUDGET_FRACTION",),
+    "rate_limit": ("BRIDGE_RATE_LIMIT",),
 }
 
 
@@ -89,6 +99,25 @@ class Settings:
     kill_grace_s: float = 10.0
     log_level: str = "INFO"
     log_format: str = "text"
+    #: Claims allowed beyond the live worker slots (tasks waiting in the queue for a free slot).
+    queue_allowance: int = 0
+    #: A lease not running this long after it was queued is re-published once, then failed BridgeNotStarted.
+    max_queue_wait_s: float = 600.0
+    #: How long a worker retries SetTaskStatus before handing delivery to the poller's keeper.
+    report_timeout_s: float = 300.0
+    #: TTL of a running task's instance lock, renewed every second while the task runs (self-fencing bound).
+    running_ttl_s: float = 15.0
+    #: TTL of the per-group poller lock; a standby takes over within this after the active poller dies.
+    leader_ttl_s: float = 10.0
+    #: TTL of each bridge process's liveness key; leases of an owner whose key expired are adopted.
+    liveness_ttl_s: float = 15.0
+    #: AWS account the API budget is shared with (default: STS, or "local" with a custom endpoint).
+    account_id: str = ""
+    #: Share of AWS's per-account call rates the fleet may use.
+    api_budget_fraction: float = 0.9
+    #: Share of the budget one process uses on its own while Redis (the shared bucket) is unreachable.
+    local_budget_fraction: float = 0.25
+    rate_limit: bool = True
 
     def __post_init__(self) -> None:
         if not self.taskrunner_id:
@@ -120,6 +149,14 @@ class Settings:
                 raise ConfigError(f"{url_name} {url!r} is not a URL (e.g. redis://127.0.0.1:6379/0)")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"redis_url {self.redis_url!r} must be a redis://, rediss:// or unix:// URL")
+        if self.queue_allowance < 0:
+            raise ConfigError("--queue-allowance must not be negative")
+        for name in ("max_queue_wait_s", "report_timeout_s", "running_ttl_s", "leader_ttl_s", "liveness_ttl_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        for name in ("api_budget_fraction", "local_budget_fraction"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must be in (0, 1]")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log format must be 'text' or 'json'")
         return self
@@ -167,8 +204,14 @@ class Settings:
 def _convert(name: str, raw: str) -> Any:
     if name in ("worker_groups", "env_allowlist"):
         return tuple(x.strip() for x in raw.split(",") if x.strip())
-    if name == "max_in_flight":
+    if name in ("max_in_flight", "queue_allowance"):
         return int(raw)
+    if name in ("api_budget_fraction", "local_budget_fraction"):
+        return float(raw)
+    if name == "rate_limit":
+        if raw.strip().lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+            raise ValueError("expected true or false")
+        return raw.strip().lower() in ("1", "true", "yes", "on")
     if name.endswith("_s"):
         return float(raw)
     if name == "routes":
