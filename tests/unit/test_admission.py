@@ -1,0 +1,233 @@
+"""Admission control: reservations against live leases, worker slot registrations, limits (real redis-server)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from bridge.admission import Admission, Reservations, SlotRegistry, budget_cap, reservation_key
+from bridge.errors import BrokerError
+from bridge.settings import Settings
+from tests.support import RedisServer, wait_for
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True, socket_connect_timeout=1, socket_timeout=2)
+    yield client
+    client.close()
+
+
+def hold_leases(client: redis.Redis, group: str, count: int) -> None:
+    """``count`` live leases in the group's in-flight index (as bridge.leases writes it)."""
+    for n in range(count):
+        client.zadd(f"dpb:inflight:{group}", {f"df-1:@A_{n}:abc": 1.0})
+
+
+# -- reservations -------------------------------------------------------------------------------------
+
+
+def test_racing_reservations_never_exceed_the_limit(client: redis.Redis) -> None:
+    # given 8 threads racing for places under a limit of 5
+    reservations = Reservations(client)
+    barrier = threading.Barrier(8)
+    granted: list[str] = []
+    lock = threading.Lock()
+
+    def race() -> None:
+        barrier.wait()
+        for _ in range(25):
+            resv_id = uuid.uuid4().hex
+            if reservations.reserve("g", resv_id, limit=5, ttl_s=60):
+                with lock:
+                    granted.append(resv_id)
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    # then exactly 5 were granted
+    assert len(granted) == 5
+    assert client.zcard(reservation_key("g")) == 5
+    assert reservations.count("g") == 5
+
+
+def test_live_leases_count_against_the_limit(client: redis.Redis) -> None:
+    # given 3 live leases and a limit of 5
+    hold_leases(client, "g", 3)
+    reservations = Reservations(client)
+
+    # when reserving
+    results = [reservations.reserve("g", f"r{n}", limit=5) for n in range(4)]
+
+    # then only 2 places are left
+    assert results == [True, True, False, False]
+
+
+def test_released_and_expired_reservations_free_their_places(client: redis.Redis) -> None:
+    reservations = Reservations(client)
+    assert reservations.reserve("g", "long", limit=2, ttl_s=60)
+    assert reservations.reserve("g", "short", limit=2, ttl_s=0.5)
+    assert not reservations.reserve("g", "third", limit=2, ttl_s=60)
+
+    # when the short one expires, its place is free again
+    wait_for(lambda: reservations.reserve("g", "third", limit=2, ttl_s=60), timeout=10, what="an expired place")
+    assert not reservations.reserve("g", "fourth", limit=2, ttl_s=60)
+
+    # when one is released, so is its place
+    reservations.release("g", "long")
+    assert reservations.reserve("g", "fourth", limit=2, ttl_s=60)
+    assert set(client.zrange(reservation_key("g"), 0, -1)) == {"third", "fourth"}
+
+
+def test_renewing_a_held_reservation_does_not_need_a_free_place(client: redis.Redis) -> None:
+    reservations = Reservations(client)
+    assert reservations.reserve("g", "r1", limit=1, ttl_s=60)
+    assert reservations.reserve("g", "r1", limit=1, ttl_s=60)
+    assert reservations.count("g") == 1
+
+
+def test_reservations_raise_broker_error_when_redis_is_down(client: redis.Redis, redis_server: RedisServer) -> None:
+    redis_server.stop()
+    with pytest.raises(BrokerError):
+        Reservations(client).reserve("g", "r1", limit=5)
+    with pytest.raises(BrokerError):
+        Reservations(client).release("g", "r1")
+
+
+# -- worker slots --------------------------------------------------------------------------------------
+
+
+def test_workers_on_overlapping_queues_are_counted_once_each(client: redis.Redis) -> None:
+    # given w1 (3 slots) on both queues of g1 and w2 (2 slots) on one of them and another queue
+    registry = SlotRegistry(client)
+    registry.register("w1@host", 3, ["dp.g1", "dp.g1.shell"])
+    registry.register("w2@host", 2, ["dp.g1.shell", "dp.other"])
+
+    # then each worker's slots count once over the group's queues
+    assert registry.live_slots(["dp.g1", "dp.g1.shell"]) == 5
+    assert registry.live_slots(["dp.g1"]) == 3
+    assert registry.live_slots(["dp.other"]) == 2
+    assert registry.live_slots(["dp.nobody"]) == 0
+    assert registry.consumers("dp.g1.shell") == 2
+    assert registry.consumers("dp.g1") == 1
+    assert registry.consumers("dp.nobody") == 0
+    record = client.get("dpb:worker:w1@host")
+    assert record is not None and '"concurrency":3' in record
+
+
+def test_a_refreshed_registration_replaces_the_old_one(client: redis.Redis) -> None:
+    registry = SlotRegistry(client)
+    registry.register("w1@host", 3, ["dp.g1"])
+    registry.register("w1@host", 4, ["dp.g1"])
+    assert registry.live_slots(["dp.g1"]) == 4
+    assert registry.consumers("dp.g1") == 1
+
+
+def test_registrations_expire_after_their_ttl(client: redis.Redis) -> None:
+    # given a worker that registered once and then died (no refresh, no unregister)
+    registry = SlotRegistry(client)
+    registry.register("w1@host", 3, ["dp.g1", "dp.g1.shell"], ttl_s=0.5)
+    registry.register("w2@host", 2, ["dp.g1"], ttl_s=60)
+    assert registry.live_slots(["dp.g1", "dp.g1.shell"]) == 5
+
+    # then its slots stop counting, and its entries are pruned
+    wait_for(lambda: registry.live_slots(["dp.g1", "dp.g1.shell"]) == 2, timeout=10, what="w1 to expire")
+    assert registry.consumers("dp.g1.shell") == 0
+    assert client.zrange("dpb:consumers:dp.g1", 0, -1) == ["w2@host"]
+    assert client.zcard("dpb:consumers:dp.g1.shell") == 0
+
+
+def test_unregister_removes_the_slots_at_once(client: redis.Redis) -> None:
+    registry = SlotRegistry(client)
+    registry.register("w1@host", 3, ["dp.g1", "dp.g1.shell"])
+    registry.unregister("w1@host")
+    assert registry.live_slots(["dp.g1", "dp.g1.shell"]) == 0
+    assert client.exists("dpb:worker:w1@host", "dpb:consumers:dp.g1", "dpb:consumers:dp.g1.shell") == 0
+
+
+# -- limits --------------------------------------------------------------------------------------------
+
+
+def test_budget_cap_is_what_the_progress_budget_keeps_alive() -> None:
+    # 0.8 x 1 call/s x 300 s / 3 beats per deadline
+    assert budget_cap(1.0, 300.0, 3.0) == 80
+    assert budget_cap(0.5, 10.0, 3.0) == 1
+    assert budget_cap(0.1, 10.0, 3.0) == 0
+    with pytest.raises(ValueError):
+        budget_cap(1.0, 300.0, 0)
+
+
+SHELL = {"ShellCommandActivity": "dp.g1.shell"}
+
+
+def test_the_limit_names_its_binding_bound(client: redis.Redis) -> None:
+    # given w1 with 3 slots on g1's queues and one message of allowance
+    SlotRegistry(client).register("w1@host", 3, ["dp.g1", "dp.g1.shell"])
+    admission = Admission(client, Settings(routes=SHELL, queue_allowance=1, max_in_flight=8))
+
+    assert admission.queues("g1") == ["dp.g1", "dp.g1.shell"]
+    assert admission.limit("g1") == (4, "slots")
+
+    admission.set_budget_cap(2)
+    assert admission.limit("g1") == (2, "budget")
+
+    admission.set_budget_cap(None)
+    SlotRegistry(client).register("w2@host", 16, ["dp.g1"])
+    assert admission.limit("g1") == (8, "max_in_flight")
+
+
+def test_reserve_admits_up_to_the_limit_counting_leases(client: redis.Redis) -> None:
+    # given 2 slots, one live lease and a poller reserving before each poll
+    SlotRegistry(client).register("w1@host", 2, ["dp.g1"])
+    admission = Admission(client, Settings())
+    hold_leases(client, "g1", 1)
+
+    first = admission.reserve("g1")
+    second = admission.reserve("g1")
+
+    # then one place was left; an empty poll gives it back
+    assert first is not None
+    assert second is None
+    assert admission.bound["g1"] == "slots"
+    admission.release("g1", first)
+    assert admission.reserve("g1") is not None
+
+
+def test_no_claims_while_a_queue_of_the_group_has_no_consumer(
+    client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.admission")
+    # given workers on g1's default queue only, while ShellCommandActivity routes to dp.g1.shell
+    SlotRegistry(client).register("w1@host", 4, ["dp.g1"])
+    admission = Admission(client, Settings(routes=SHELL, queue_allowance=2))
+
+    # when the poller asks for places repeatedly
+    results = [admission.reserve("g1") for _ in range(3)]
+
+    # then it gets none, and says why once
+    assert results == [None, None, None]
+    assert admission.no_consumer_queues("g1") == ["dp.g1.shell"]
+    line = "no live worker consumes queue dp.g1.shell; not claiming for worker_group=g1"
+    assert caplog.text.count(line) == 1
+
+    # when a worker consumes it, claims resume
+    SlotRegistry(client).register("w2@host", 1, ["dp.g1.shell"])
+    assert admission.no_consumer_queues("g1") == []
+    assert admission.reserve("g1") is not None
+
+
+def test_admission_raises_broker_error_when_redis_is_down(client: redis.Redis, redis_server: RedisServer) -> None:
+    admission = Admission(client, Settings())
+    redis_server.stop()
+    with pytest.raises(BrokerError):
+        admission.reserve("g1")
+    with pytest.raises(BrokerError):
+        admission.limit("g1")
