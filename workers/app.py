@@ -15,12 +15,14 @@ from celery.exceptions import Reject
 from bridge import masking
 from bridge.api import Boto3TaskApi
 from bridge.errors import InvalidTask, RemoteError, UnsupportedActivity
+from bridge.fencing import Fence
 from bridge.leases import LeaseState, LeaseStore
 from bridge.messages import TASK_PREFIX, TaskMessage
 from bridge.publisher import VISIBILITY_TIMEOUT_S
 from bridge.retry import retry_call
 from bridge.settings import Settings
-from workers.execution import Execution, LeaseStoreDown, Runtime
+from workers import slots
+from workers.execution import SHUTTING_DOWN, Execution, LeaseStoreDown, Runtime
 from workers.handlers import load_builtin
 
 log = logging.getLogger(__name__)
@@ -58,11 +60,14 @@ def runtime(pid: int) -> Runtime:
         api=Boto3TaskApi(settings.endpoint_url, settings.region),
         leases=LeaseStore.from_url(settings.redis_url),
         worker_id=f"worker:{socket.gethostname()}:{pid}",
+        fence=Fence.from_url(settings.redis_url),
     )
 
 
 app = make_app(Settings.from_env())
 HANDLERS = load_builtin()
+# Pollers claim only while live worker slots (advertised here, per queue) can take the work.
+slots.install(app, lambda: Settings.from_env().redis_url)
 
 
 #: How long a worker waits before handing a message back while Redis is away (no tight redelivery loop).
@@ -119,6 +124,13 @@ def fail_unknown(sender: Any = None, name: str = "", id: str = "", message: Any 
         log.error("could not fail unknown task_key=%s: %s", parsed.task_key, exc)
         state = LeaseState.LOST
     rt.leases.transition(parsed.task_key, parsed.worker_group, [LeaseState.REPORTING], state, epoch=parsed.epoch)
+
+
+@signals.worker_shutting_down.connect  # type: ignore[untyped-decorator]
+def shutting_down(sig: str = "", how: str = "", **_: Any) -> None:
+    """A warm shutdown began: tasks still reporting hand their outcome to the bridge keeper instead of retrying."""
+    SHUTTING_DOWN.set()
+    log.info("worker shutting down (%s %s): reporting tasks hand their outcomes to the bridge keeper", sig, how)
 
 
 @signals.after_setup_logger.connect  # type: ignore[untyped-decorator]

@@ -6,36 +6,62 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from bridge.api import TaskApi
-from bridge.errors import BrokerError, Canceled, InvalidTask, RemoteError, TaskFailure, TaskGone, UnsupportedActivity
+from bridge.errors import (
+    BrokerError,
+    Canceled,
+    InvalidTask,
+    RemoteError,
+    TaskFailure,
+    TaskGone,
+    Unavailable,
+    UnsupportedActivity,
+)
+from bridge.fencing import Fence, RunningLock, TakeStatus
+from bridge.keeper import POLLER
 from bridge.leases import LeaseState, LeaseStore
 from bridge.masking import SECRETS
 from bridge.messages import TaskMessage
-from bridge.retry import retry_call
+from bridge.retry import backoff_s, retry_call
 from bridge.settings import Settings
 from bridge.taskmodel import TaskObject, parse_task_object
 from workers.context import Outcome, TaskContext, safe_name
 from workers.handlers import Handler
-from workers.heartbeat import Heartbeat
+from workers.heartbeat import CancelSignal, Heartbeat, LeaseGuard, fenced
 
 log = logging.getLogger(__name__)
 
-REPORT_WINDOW_S = 300.0
+#: The heartbeat owner the bridge keeper takes over (``bridge.keeper.POLLER``): a handed-off outcome names it.
+KEEPER_OWNER = POLLER
 MESSAGE_LIMIT = 10240
+STACK_LIMIT = 1024
+#: How often a worker whose instance is held by another attempt looks again.
+BLOCKED_POLL_S = 0.5
+#: Set once this worker process begins a warm shutdown (Celery's ``worker_shutting_down``): process-wide, so a
+#: task still reporting hands its outcome to the bridge keeper instead of retrying on. Best effort: prefork pool
+#: children do not see the parent's signal.
+SHUTTING_DOWN = threading.Event()
 
 
 @dataclass
 class Runtime:
-    """Per-process clients (built after fork in prefork children)."""
+    """Per-process clients (built after fork in prefork children).
+
+    Attributes:
+        fence: Running locks and cancel relays; ``None``: on the lease store's own Redis client.
+    """
 
     settings: Settings
     api: TaskApi
     leases: LeaseStore
     worker_id: str
+    fence: Fence | None = None
 
 
 def _masked(text: str | None, limit: int | None = None) -> str | None:
@@ -47,6 +73,16 @@ def _masked(text: str | None, limit: int | None = None) -> str | None:
 
 class LeaseStoreDown(BrokerError):
     """The lease could not be taken because Redis is unreachable: the message must go back, not be acked."""
+
+
+class Delivery(Enum):
+    """How a SetTaskStatus delivery ended."""
+
+    DELIVERED = "delivered"
+    GONE = "gone"
+    REFUSED = "refused"
+    HAND_OFF = "hand off"
+    FENCED = "fenced"
 
 
 class Execution:
@@ -67,9 +103,14 @@ class Execution:
         self.rt = runtime
         self.body = body
         self.handlers = handlers
+        self.fence = runtime.fence if runtime.fence is not None else Fence(runtime.leases.redis)
 
     def run(self) -> str:
-        """Execute; returns what happened (``finished``, ``failed``, ``canceled``, ``dropped``...)."""
+        """Execute; returns what happened (``finished``, ``failed``, ``canceled``, ``fenced``, ``dropped``...).
+
+        Raises:
+            LeaseStoreDown: Redis is unreachable, so the lease cannot be taken; the message must be requeued.
+        """
         try:
             message = TaskMessage.from_body(self.body)
         except InvalidTask as exc:
@@ -77,55 +118,117 @@ class Execution:
         try:
             task = parse_task_object(message.task_object)
         except InvalidTask as exc:
-            return self._fail_unparsed(message, exc)
+            log.error("invalid task task_key=%s: %s", message.task_key, exc)
+            return self._fail_leased(
+                message.task_key, message.epoch, message.worker_group, message.task_object.get("taskId"), exc
+            )
         SECRETS.add(task.secrets)
-        if not self._take(message, task):
+        taken = self._take(message)
+        if taken is None:
             return "dropped"
-        return self._execute(message, task)
+        lock, taken_at = taken
+        return self._execute(message, task, lock, taken_at)
 
     # -- taking the lease -------------------------------------------------------------------------
 
-    def _take(self, message: TaskMessage, task: TaskObject) -> bool:
-        """Win ``queued -> running`` with the message's epoch; anything else is a stale or duplicate copy."""
+    def _take(self, message: TaskMessage) -> tuple[RunningLock, float] | None:
+        """Win ``queued -> running`` with the message's epoch and the instance's running lock.
+
+        Returns the lock and when it was taken (``time.monotonic()``), or ``None`` when the message must be
+        dropped: a stale or duplicate copy, or an instance another attempt still runs.
+        """
+        ttl_s = self.rt.settings.running_ttl_s
+        give_up_at: float | None = None
+        while True:
+            attempt_at = time.monotonic()
+            try:
+                result = self.fence.take_running(message.task_key, message.epoch, self.rt.worker_id, ttl_s)
+            except BrokerError as exc:
+                log.warning("cannot take lease task_key=%s: %s; returning the message", message.task_key, exc)
+                raise LeaseStoreDown(str(exc)) from exc
+            if result.ok and result.lock is not None:
+                return result.lock, attempt_at
+            if result.status == TakeStatus.STALE:
+                log.info(
+                    "dropped task_key=%s epoch=%d: lease is %s (epoch %d)",
+                    message.task_key,
+                    message.epoch,
+                    result.state or "missing",
+                    result.epoch,
+                )
+                return None
+            now = time.monotonic()
+            if give_up_at is None:
+                # A dead worker's lock expires within its TTL; a live one keeps renewing it.
+                give_up_at = now + ttl_s + 1
+                log.info(
+                    "waiting worker_group=%s task_key=%s epoch=%d: another attempt of its instance is running (%s, "
+                    "lock expires in %.1f s unless renewed)",
+                    message.worker_group,
+                    message.task_key,
+                    message.epoch,
+                    result.holder,
+                    result.holder_ttl_s,
+                )
+            if now >= give_up_at or SHUTTING_DOWN.wait(BLOCKED_POLL_S):
+                log.warning(
+                    "dropped worker_group=%s task_key=%s epoch=%d: another attempt of its instance (%s) is still "
+                    "running%s; the lease stays queued and the bridge's not-started rule re-publishes it later",
+                    message.worker_group,
+                    message.task_key,
+                    message.epoch,
+                    result.holder,
+                    " and this worker is shutting down" if SHUTTING_DOWN.is_set() else "",
+                )
+                return None
+
+    def _release(self, lock: RunningLock) -> None:
         try:
-            result = self.rt.leases.transition(
-                message.task_key,
-                message.worker_group,
-                [LeaseState.QUEUED],
-                LeaseState.RUNNING,
-                epoch=message.epoch,
-                fields={"heartbeat_owner": self.rt.worker_id, "started_at": time.time()},
-            )
-        except BrokerError as exc:
-            log.warning("cannot take lease task_key=%s: %s; returning the message", message.task_key, exc)
-            raise LeaseStoreDown(str(exc)) from exc
-        if result.ok:
-            return True
-        log.info(
-            "dropped task_key=%s epoch=%d: lease is %s (epoch %d)",
-            message.task_key,
-            message.epoch,
-            result.state or "missing",
-            result.epoch,
-        )
-        return False
+            self.fence.release(lock)
+        except BrokerError as exc:  # it expires within one TTL anyway
+            log.warning("could not release the running lock of task_key=%s: %s", lock.task_key, exc)
 
     # -- running ----------------------------------------------------------------------------------
 
-    def _execute(self, message: TaskMessage, task: TaskObject) -> str:
-        cancel = threading.Event()
-        tlog = logging.LoggerAdapter(log, {"task_key": task.key})
-        heartbeat = Heartbeat(
-            self.rt.api, task.task_id, task.key, message.heartbeat_interval_s, cancel, self._beat_recorder(message)
+    def _execute(self, message: TaskMessage, task: TaskObject, lock: RunningLock, taken_at: float) -> str:
+        cancel = CancelSignal()
+        guard = LeaseGuard(
+            self.fence,
+            lock,
+            self.rt.settings.running_ttl_s,
+            cancel,
+            renewed_at=taken_at,
+            kill_grace_s=self.rt.settings.kill_grace_s,
         )
+        heartbeat = Heartbeat(
+            self.rt.api,
+            task.task_id,
+            task.key,
+            message.heartbeat_interval_s,
+            cancel,
+            self._beat_recorder(message, guard),
+        )
+        # Shutdown order, whatever happens: stop beating, stop guarding, then free the instance for other attempts.
+        guard.start()
+        try:
+            return self._run(message, task, cancel, guard, heartbeat)
+        finally:
+            heartbeat.stop()
+            guard.stop()
+            self._release(lock)
+
+    def _run(
+        self, message: TaskMessage, task: TaskObject, cancel: CancelSignal, guard: LeaseGuard, heartbeat: Heartbeat
+    ) -> str:
         heartbeat.beat()  # take over heartbeating at once
         heartbeat.start()
         started = time.monotonic()
+        tlog = logging.LoggerAdapter(log, {"task_key": task.key})
         log.info("started worker_group=%s task_key=%s type=%s", message.worker_group, task.key, task.object_type)
         outcome: Outcome | None = None
         try:
             if cancel.is_set():
-                raise Canceled(heartbeat.reason)
+                raise Canceled(cancel.reason)
             ctx = TaskContext(task, self.rt.settings, self.rt.api, self._work_dir(task, message), cancel, tlog)
             handler = self.handlers.get(task.object_type)
             if handler is None:
@@ -138,26 +241,33 @@ class Execution:
         except Exception as exc:  # a handler bug still ends the task FAILED, with its traceback
             log.error("handler error task_key=%s", task.key, exc_info=True)
             outcome = Outcome.failed("BridgeHandlerError", f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        guard.command_ended()
         if cancel.is_set() or outcome is None:
-            # Canceled or lost: whatever the handler returned or raised, no SetTaskStatus is sent.
+            # Canceled, lost or fenced: whatever the handler returned or raised, no SetTaskStatus is sent.
             heartbeat.stop()
-            state = LeaseState.LOST if heartbeat.reason.startswith("lost") else LeaseState.CANCELED
-            self._end(message, [LeaseState.RUNNING], state)
-            log.info(
-                "canceled worker_group=%s task_key=%s: %s",
+            return self._stopped(message, task, cancel.reason)
+        return self._report(message, task, outcome, guard, time.monotonic() - started)
+
+    def _stopped(self, message: TaskMessage, task: TaskObject, reason: str) -> str:
+        if fenced(reason):
+            # Only if the lease is still this hand-out's (epoch checked); otherwise it is left to whoever holds it.
+            self._end(message, [LeaseState.RUNNING], LeaseState.LOST)
+            log.warning(
+                "fenced worker_group=%s task_key=%s epoch=%d: %s; its command was stopped and no status was sent",
                 message.worker_group,
                 task.key,
-                heartbeat.reason or "canceled",
+                message.epoch,
+                reason,
             )
-            return "canceled"
-        try:
-            return self._report(message, task, outcome, heartbeat, time.monotonic() - started)
-        finally:
-            heartbeat.stop()
+            return "fenced"
+        state = LeaseState.LOST if reason.startswith("lost") else LeaseState.CANCELED
+        self._end(message, [LeaseState.RUNNING], state)
+        log.info("canceled worker_group=%s task_key=%s: %s", message.worker_group, task.key, reason or "canceled")
+        return "canceled"
 
-    def _beat_recorder(self, message: TaskMessage) -> Callable[[float], None]:
+    def _beat_recorder(self, message: TaskMessage, guard: LeaseGuard) -> Callable[[float], None]:
         def record(at: float) -> None:
-            self.rt.leases.transition(
+            result = self.rt.leases.transition(
                 message.task_key,
                 message.worker_group,
                 [LeaseState.RUNNING, LeaseState.REPORTING],
@@ -165,6 +275,8 @@ class Execution:
                 epoch=message.epoch,
                 fields={"last_beat": at},
             )
+            if not result.ok:
+                guard.supersede(f"lease {result.state or 'missing'} (epoch {result.epoch}) when recording a beat")
 
         return record
 
@@ -180,14 +292,19 @@ class Execution:
     # -- reporting --------------------------------------------------------------------------------
 
     def _report(
-        self, message: TaskMessage, task: TaskObject, outcome: Outcome, heartbeat: Heartbeat, elapsed: float
+        self, message: TaskMessage, task: TaskObject, outcome: Outcome, guard: LeaseGuard, elapsed: float
     ) -> str:
         """Write the outcome to the lease, then SetTaskStatus (retried while the heartbeat goes on)."""
         error_message = _masked(outcome.error_message, MESSAGE_LIMIT)
-        stack = _masked(outcome.error_stack_trace, 1024)
-        record = {"status": str(outcome.status), "error_id": outcome.error_id, "error_message": error_message}
+        stack = _masked(outcome.error_stack_trace, STACK_LIMIT)
+        record = {
+            "status": str(outcome.status),
+            "error_id": outcome.error_id,
+            "error_message": error_message,
+            "error_stack_trace": stack,
+        }
         try:
-            self.rt.leases.transition(
+            written = self.rt.leases.transition(
                 message.task_key,
                 message.worker_group,
                 [LeaseState.RUNNING],
@@ -195,24 +312,28 @@ class Execution:
                 epoch=message.epoch,
                 fields={"outcome": record},
             )
+            if not written.ok:
+                guard.supersede(
+                    f"lease {written.state or 'missing'} (epoch {written.epoch}) when recording the outcome"
+                )
         except BrokerError as exc:  # SetTaskStatus never waits on Redis: the outcome matters more than the record
             log.warning("could not record the outcome of task_key=%s: %s; reporting it anyway", task.key, exc)
-        try:
-            retry_call(
-                lambda: self.rt.api.set_task_status(
-                    task.task_id, str(outcome.status), outcome.error_id, error_message, stack
-                ),
-                what=f"SetTaskStatus {task.key}",
-                deadline_s=REPORT_WINDOW_S,
+        delivery = self._deliver(task, outcome, error_message, stack, guard)
+        if delivery == Delivery.FENCED:
+            log.warning(
+                "fenced worker_group=%s task_key=%s epoch=%d: the lease belongs to another hand-out; its %s outcome "
+                "is not reported",
+                message.worker_group,
+                task.key,
+                message.epoch,
+                outcome.status,
             )
-        except TaskGone as exc:
-            log.warning("lost task_key=%s before its outcome was delivered: %s", task.key, exc)
+            return "fenced"
+        if delivery == Delivery.HAND_OFF:
+            return self._hand_off(message, task, record)
+        if delivery in (Delivery.GONE, Delivery.REFUSED):
             self._end(message, [LeaseState.RUNNING, LeaseState.REPORTING], LeaseState.LOST)
-            return "lost"
-        except RemoteError as exc:
-            log.error("could not report task_key=%s: %s", task.key, exc)
-            self._end(message, [LeaseState.RUNNING, LeaseState.REPORTING], LeaseState.LOST)
-            return "unreported"
+            return "lost" if delivery == Delivery.GONE else "unreported"
         self._end(message, [LeaseState.RUNNING, LeaseState.REPORTING], LeaseState.DONE)
         word = {"FINISHED": "finished", "FAILED": "failed", "FALSE": "false"}[str(outcome.status)]
         if outcome.status == "FAILED":
@@ -228,32 +349,172 @@ class Execution:
             log.info("%s worker_group=%s task_key=%s in %.1f s", word, message.worker_group, task.key, elapsed)
         return word
 
-    def _end(self, message: TaskMessage, allowed: list[LeaseState], state: LeaseState) -> None:
+    def _deliver(
+        self, task: TaskObject, outcome: Outcome, error_message: str | None, stack: str | None, guard: LeaseGuard
+    ) -> Delivery:
+        """SetTaskStatus, retried for up to ``report_timeout_s`` unless the worker shuts down or is fenced out.
+
+        A TaskNotFound after a transport error means an earlier call may have landed (and ended the task): it
+        counts as delivered. On the first call it means the task was lost before its outcome arrived.
+        """
+        deadline = time.monotonic() + self.rt.settings.report_timeout_s
+        may_have_landed = False
+        attempt = 0
+        while True:
+            if guard.superseded:
+                return Delivery.FENCED
+            try:
+                self.rt.api.set_task_status(task.task_id, str(outcome.status), outcome.error_id, error_message, stack)
+                return Delivery.DELIVERED
+            except TaskGone as exc:
+                if may_have_landed:
+                    log.info(
+                        "SetTaskStatus task_key=%s: %s after a transport error; the earlier call landed, counted as "
+                        "delivered",
+                        task.key,
+                        exc.code or exc,
+                    )
+                    return Delivery.DELIVERED
+                log.warning("lost task_key=%s before its outcome was delivered: %s", task.key, exc)
+                return Delivery.GONE
+            except RemoteError as exc:
+                if not exc.retryable:
+                    log.error("could not report task_key=%s: %s", task.key, exc)
+                    return Delivery.REFUSED
+                may_have_landed = may_have_landed or isinstance(exc, Unavailable)
+                wait = backoff_s(attempt)
+                attempt += 1
+                if SHUTTING_DOWN.is_set() or time.monotonic() + wait > deadline:
+                    log.warning("SetTaskStatus task_key=%s failed (%s); giving up here", task.key, exc.code or exc)
+                    return Delivery.HAND_OFF
+                log.warning(
+                    "SetTaskStatus task_key=%s failed (%s); retrying in %.1f s", task.key, exc.code or exc, wait
+                )
+                if SHUTTING_DOWN.wait(wait):
+                    return Delivery.HAND_OFF
+
+    def _hand_off(self, message: TaskMessage, task: TaskObject, record: Mapping[str, Any]) -> str:
+        """Leave the outcome on the lease (``reporting``, same epoch) for the bridge keeper to deliver and beat."""
+        now = time.time()
+        why = "this worker is shutting down" if SHUTTING_DOWN.is_set() else "SetTaskStatus kept failing"
         try:
-            self.rt.leases.transition(message.task_key, message.worker_group, allowed, state, epoch=message.epoch)
+            handed = self.rt.leases.transition(
+                message.task_key,
+                message.worker_group,
+                [LeaseState.RUNNING, LeaseState.REPORTING],
+                LeaseState.REPORTING,
+                epoch=message.epoch,
+                fields={
+                    "outcome": dict(record),
+                    "heartbeat_owner": KEEPER_OWNER,
+                    "handed_off_at": now,
+                    "next_beat": now,
+                },
+            )
         except BrokerError as exc:
-            log.warning("could not record %s for task_key=%s: %s", state, message.task_key, exc)
+            log.error(
+                "could not hand outcome of task_key=%s to the bridge keeper (%s): %s; it is not reported, and Data "
+                "Pipeline will hand the task out again",
+                task.key,
+                why,
+                exc,
+            )
+            return "unreported"
+        if not handed.ok:
+            log.warning(
+                "fenced worker_group=%s task_key=%s epoch=%d: lease is %s (epoch %d); its outcome is not handed off",
+                message.worker_group,
+                task.key,
+                message.epoch,
+                handed.state or "missing",
+                handed.epoch,
+            )
+            return "fenced"
+        log.warning(
+            "handed outcome of task_key=%s to the bridge keeper worker_group=%s status=%s: %s",
+            task.key,
+            message.worker_group,
+            record["status"],
+            why,
+        )
+        return "handed off"
+
+    def _end(self, message: TaskMessage, allowed: list[LeaseState], state: LeaseState) -> None:
+        self._end_lease(message.task_key, message.worker_group, message.epoch, allowed, state)
+
+    def _end_lease(
+        self, task_key: str, worker_group: str, epoch: int, allowed: list[LeaseState], state: LeaseState
+    ) -> None:
+        try:
+            self.rt.leases.transition(task_key, worker_group, allowed, state, epoch=epoch)
+        except BrokerError as exc:
+            log.warning("could not record %s for task_key=%s: %s", state, task_key, exc)
 
     # -- malformed input ------------------------------------------------------------------------
 
     def _reject_raw(self, exc: InvalidTask) -> str:
-        """An unreadable message: fail its task if the body still names one."""
-        task_object = self.body.get("task_object") if isinstance(self.body, dict) else None
-        task_id = task_object.get("taskId") if isinstance(task_object, dict) else None
-        log.error("invalid message: %s", exc)
+        """An unreadable message: fail its task, after winning its lease when the body names one."""
+        body: Mapping[str, Any] = self.body if isinstance(self.body, Mapping) else {}
+        task_object = body.get("task_object")
+        task_id = task_object.get("taskId") if isinstance(task_object, Mapping) else None
+        task_key, epoch = body.get("task_key"), _epoch(body.get("epoch"))
+        if isinstance(task_key, str) and task_key and epoch is not None:
+            log.error("invalid message task_key=%s epoch=%d: %s", task_key, epoch, exc)
+            group = body.get("worker_group")
+            return self._fail_leased(task_key, epoch, group if isinstance(group, str) else "", task_id, exc)
         if isinstance(task_id, str) and task_id:
+            log.error(
+                "invalid message naming no lease (no task_key/epoch): %s; failing its task WITHOUT fencing, so another "
+                "copy of it may still run",
+                exc,
+            )
             self._set_failed(task_id, exc)
+        else:
+            log.error("invalid message naming neither a lease nor a task, dropped: %s", exc)
         return "invalid"
 
-    def _fail_unparsed(self, message: TaskMessage, exc: InvalidTask) -> str:
-        task_id = message.task_object.get("taskId")
-        log.error("invalid task task_key=%s: %s", message.task_key, exc)
-        if isinstance(task_id, str) and task_id:
-            self._set_failed(task_id, exc)
-        self._end(message, [LeaseState.QUEUED, LeaseState.CLAIMED], LeaseState.DONE)
+    def _fail_leased(self, task_key: str, epoch: int, worker_group: str, task_id: object, exc: TaskFailure) -> str:
+        """Fail a task that cannot run, only after winning ``queued -> reporting`` with the message's epoch.
+
+        Raises:
+            LeaseStoreDown: Redis is unreachable; the message must go back.
+        """
+        try:
+            lease = self.rt.leases.get(task_key)
+            group = (lease.worker_group if lease is not None else "") or worker_group
+            won = self.rt.leases.transition(
+                task_key,
+                group,
+                [LeaseState.QUEUED],
+                LeaseState.REPORTING,
+                epoch=epoch,
+                fields={
+                    "heartbeat_owner": self.rt.worker_id,
+                    "outcome": {"status": "FAILED", "error_id": exc.error_id, "error_message": _masked(str(exc))},
+                },
+            )
+        except BrokerError as err:
+            log.warning("cannot take lease task_key=%s: %s; returning the message", task_key, err)
+            raise LeaseStoreDown(str(err)) from err
+        if not won.ok:
+            log.info(
+                "dropped invalid task_key=%s epoch=%d: lease is %s (epoch %d)",
+                task_key,
+                epoch,
+                won.state or "missing",
+                won.epoch,
+            )
+            return "dropped"
+        target = (lease.task_id if lease is not None else "") or (task_id if isinstance(task_id, str) else "")
+        delivered = bool(target) and self._set_failed(target, exc)
+        if not target:
+            log.error("cannot fail invalid task_key=%s: neither its lease nor its message has a task id", task_key)
+        self._end_lease(
+            task_key, group, epoch, [LeaseState.REPORTING], LeaseState.DONE if delivered else LeaseState.LOST
+        )
         return "invalid"
 
-    def _set_failed(self, task_id: str, exc: TaskFailure) -> None:
+    def _set_failed(self, task_id: str, exc: TaskFailure) -> bool:
         try:
             retry_call(
                 lambda: self.rt.api.set_task_status(task_id, "FAILED", exc.error_id, _masked(str(exc), MESSAGE_LIMIT)),
@@ -262,3 +523,16 @@ class Execution:
             )
         except RemoteError as err:
             log.error("could not fail an invalid task: %s", err)
+            return False
+        return True
+
+
+def _epoch(value: object) -> int | None:
+    """A message's epoch if it is a whole number (an int, or a string of digits), else ``None``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None

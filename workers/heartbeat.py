@@ -1,4 +1,13 @@
-"""A running task's own heartbeat: ReportTaskProgress every interval, relaying cancellation."""
+"""A running task's own loops: the Data Pipeline heartbeat, and the lease guard that keeps its instance fenced.
+
+Both stop the task through one :class:`CancelSignal`, which remembers the first reason given:
+
+- :class:`Heartbeat` beats ReportTaskProgress every interval; ``canceled: true`` or TaskNotFound cancels.
+- :class:`LeaseGuard` ticks every second, independent of the heartbeat interval: it renews the instance's running
+  lock and polls the keeper's cancel relay. A renewal that finds the lease or lock superseded, or that has been
+  impossible (Redis unreachable) for nearly a lock TTL, cancels the task before its lock can expire: the worker
+  kills its own command rather than risk two attempts of one instance running at once (self-fencing).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +18,44 @@ from collections.abc import Callable
 
 from bridge.api import TaskApi
 from bridge.errors import BrokerError, RemoteError, TaskGone
+from bridge.fencing import Fence, RunningLock
 
 log = logging.getLogger(__name__)
 
+#: The reason a task is stopped when its lease or running lock now belongs to another hand-out.
+FENCED_SUPERSEDED = "fenced: superseded"
+#: The reason a task is stopped when its running lock could not be renewed for nearly its TTL.
+FENCED_UNRENEWABLE = "fenced: cannot renew running lease"
+#: How long before the lock's expiry a worker that cannot renew it stops its command.
+FENCE_MARGIN_S = 2.0
+GUARD_TICK_S = 1.0
+
+
+class CancelSignal(threading.Event):
+    """The cancel ``Event`` handlers watch, plus the reason it was first set for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reason = ""
+        self._lock = threading.Lock()
+
+    def request(self, reason: str) -> bool:
+        """Set the signal with ``reason``; returns False (keeping the first reason) if it was already set."""
+        with self._lock:
+            if self.is_set():
+                return False
+            self.reason = reason
+            self.set()
+            return True
+
+
+def fenced(reason: str) -> bool:
+    """Whether a cancel reason is self-fencing (nothing may be reported, the lease is someone else's)."""
+    return reason.startswith("fenced")
+
 
 class Heartbeat:
-    """Beats one task until stopped; sets ``cancel`` when Data Pipeline says canceled or the task is gone.
+    """Beats one task until stopped; cancels it when Data Pipeline says canceled or the task is gone.
 
     Args:
         api: The Data Pipeline client.
@@ -31,7 +72,7 @@ class Heartbeat:
         task_id: str,
         task_key: str,
         interval_s: float,
-        cancel: threading.Event,
+        cancel: CancelSignal,
         on_beat: Callable[[float], None] | None = None,
     ) -> None:
         self.api = api
@@ -40,11 +81,14 @@ class Heartbeat:
         self.interval_s = interval_s
         self.cancel = cancel
         self.on_beat = on_beat
-        self.reason = ""
         self.beats = 0
         self.last_beat = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{task_key[-12:]}", daemon=True)
+
+    @property
+    def reason(self) -> str:
+        return self.cancel.reason
 
     def beat(self) -> None:
         """One ReportTaskProgress; failures other than cancellation are logged and retried next time."""
@@ -68,10 +112,8 @@ class Heartbeat:
                 log.warning("could not record heartbeat task_key=%s: %s", self.task_key, exc)
 
     def _cancel(self, reason: str) -> None:
-        if not self.cancel.is_set():
+        if self.cancel.request(reason):
             log.info("canceled task_key=%s: %s", self.task_key, reason)
-            self.reason = reason
-            self.cancel.set()
 
     def start(self) -> None:
         self._thread.start()
@@ -87,3 +129,118 @@ class Heartbeat:
         self._stop.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=self.interval_s + 1)
+
+
+class LeaseGuard:
+    """Keeps one attempt's running lock alive and watches its cancel relay, every ``tick_s``.
+
+    While the command runs, any of these cancels the task: a cancel relay (its reason), a renewal that finds the
+    lease or the lock held by another hand-out (``fenced: superseded``), or no successful renewal for
+    ``running_ttl_s - kill_grace_s - 2`` s (``fenced: cannot renew running lease``). A shorter Redis outage only
+    logs. Once the command has ended (:meth:`command_ended`) only a lease that is no longer ours stops the task:
+    its outcome is real, and delivering it never waits on Redis.
+
+    Args:
+        fence: The running-lock scripts.
+        lock: The lock ``take_running`` won.
+        running_ttl_s: The lock's TTL, renewed on every tick.
+        cancel: The task's cancel signal.
+        renewed_at: ``time.monotonic()`` when the lock was taken (the last time it was known to be ours).
+        tick_s: Seconds between ticks.
+        kill_grace_s: Time the command is given between SIGTERM and SIGKILL (fencing starts that much earlier).
+    """
+
+    def __init__(
+        self,
+        fence: Fence,
+        lock: RunningLock,
+        running_ttl_s: float,
+        cancel: CancelSignal,
+        renewed_at: float,
+        tick_s: float = GUARD_TICK_S,
+        kill_grace_s: float = 0.0,
+    ) -> None:
+        self.fence = fence
+        self.kill_grace_s = kill_grace_s
+        self.lock = lock
+        self.running_ttl_s = running_ttl_s
+        self.cancel = cancel
+        self.tick_s = tick_s
+        #: The lease (or, while the command ran, the lock) belongs to another hand-out: report nothing.
+        self.superseded = False
+        self._renewed_at = renewed_at
+        self._command_running = True
+        self._unreachable_logged = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-guard-{lock.task_key[-12:]}", daemon=True)
+
+    @property
+    def fence_after_s(self) -> float:
+        """How long renewals may fail before the command is stopped (ahead of the lock's expiry)."""
+        # The command gets SIGTERM, then SIGKILL after the kill grace: all of that must fit before the lock expires.
+        return max(self.running_ttl_s - self.kill_grace_s - FENCE_MARGIN_S, self.running_ttl_s / 4)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def command_ended(self) -> None:
+        """The command is over: from now on, only a lease that is no longer ours stops the task."""
+        self._command_running = False
+
+    def supersede(self, found: str) -> None:
+        """The lease now belongs to another hand-out (found by a renewal or a lease update): fence this one out."""
+        self.superseded = True
+        if self.cancel.request(FENCED_SUPERSEDED):
+            log.warning("fenced task_key=%s epoch=%d: %s", self.lock.task_key, self.lock.epoch, found)
+
+    def tick(self) -> None:
+        """One renewal and, while the command runs, one look at the cancel relay."""
+        attempt_at = time.monotonic()
+        try:
+            reason = self.fence.cancel_requested(self.lock.task_key) if self._command_running else None
+            renewed = self.fence.renew(self.lock, self.running_ttl_s)
+        except BrokerError as exc:
+            self._unreachable(exc)
+            return
+        self._renewed_at = attempt_at
+        if self._unreachable_logged:
+            log.info("renewed the running lock of task_key=%s again", self.lock.task_key)
+            self._unreachable_logged = False
+        if reason is not None and self.cancel.request(reason):
+            log.info("cancel relayed for task_key=%s: %s", self.lock.task_key, reason)
+        if renewed.ok:
+            return
+        if self._command_running or not renewed.lease_ours:
+            self.supersede(renewed.describe())
+
+    def _unreachable(self, exc: BrokerError) -> None:
+        down_s = time.monotonic() - self._renewed_at
+        if self._command_running and down_s >= self.fence_after_s:
+            if self.cancel.request(FENCED_UNRENEWABLE):
+                log.error(
+                    "fenced task_key=%s epoch=%d: no renewal of its running lock for %.1f s (%s); stopping its command",
+                    self.lock.task_key,
+                    self.lock.epoch,
+                    down_s,
+                    exc,
+                )
+        elif not self._unreachable_logged:
+            self._unreachable_logged = True
+            log.warning(
+                "cannot renew the running lock of task_key=%s: %s; the command is stopped if this lasts %.0f s",
+                self.lock.task_key,
+                exc,
+                self.fence_after_s,
+            )
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            # Still ticking after a cancel: the lock must hold until the stopped command has really ended.
+            self.tick()
+            self._stop.wait(self.tick_s)
+
+    def stop(self) -> None:
+        """Stop ticking (idempotent); the thread ends within one tick (plus a Redis call) at most."""
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=self.tick_s + 5)
