@@ -25,6 +25,8 @@ STACK_TRACE_LIMIT = 1024
 ERROR_ID_LIMIT = 1024
 
 _THROTTLING = {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
+#: Some AWS services signal a rate limit as InvalidRequestException with this kind of text: retry those.
+_LIMIT_TEXT = re.compile(r"rate exceeded|limit exceeded|too many requests|throttl", re.IGNORECASE)
 _GONE = {"TaskNotFoundException", "PipelineNotFoundException", "PipelineDeletedException"}
 _AUTH = {
     "UnrecognizedClientException",
@@ -95,7 +97,7 @@ def translate(exc: Exception, operation: str) -> RemoteError:
         code = str(error.get("Code", ""))
         message = f"{operation}: {code}: {error.get('Message', '')}"
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        if code in _THROTTLING or status == 429:
+        if code in _THROTTLING or status == 429 or (code == "InvalidRequestException" and _LIMIT_TEXT.search(message)):
             return Throttled(message, code)
         if code in _GONE:
             return TaskGone(message, code)

@@ -169,6 +169,62 @@ def _common_options(fn: Any) -> Any:
     show_envvar=True,
     help="Send an activity type to a queue: TYPE=QUEUE (repeatable) [default queue: dp.<group>].",
 )
+@click.option(
+    "--queue-allowance",
+    type=click.IntRange(min=0),
+    envvar="BRIDGE_QUEUE_ALLOWANCE",
+    show_envvar=True,
+    help="Claims allowed beyond the live worker slots (tasks that wait in the queue).  [default: 0]",
+)
+@click.option(
+    "--max-queue-wait-s",
+    type=float,
+    envvar="BRIDGE_MAX_QUEUE_WAIT_S",
+    show_envvar=True,
+    help="A task no worker started this long after enqueueing is re-published once, then failed "
+    "BridgeNotStarted after a second period.  [default: 600]",
+)
+@click.option(
+    "--report-timeout-s",
+    type=float,
+    envvar="BRIDGE_REPORT_TIMEOUT_S",
+    show_envvar=True,
+    help="How long a worker retries SetTaskStatus before this process delivers the outcome.  [default: 300]",
+)
+@click.option(
+    "--leader-ttl-s",
+    type=float,
+    envvar="BRIDGE_LEADER_TTL_S",
+    show_envvar=True,
+    help="TTL of the per-group poller lock: a standby takes over within this.  [default: 10]",
+)
+@click.option(
+    "--liveness-ttl-s",
+    type=float,
+    envvar="BRIDGE_LIVENESS_TTL_S",
+    show_envvar=True,
+    help="TTL of this process's liveness key; a dead process's leases are adopted after it.  [default: 15]",
+)
+@click.option(
+    "--account-id",
+    envvar="BRIDGE_ACCOUNT_ID",
+    show_envvar=True,
+    help="AWS account the API budget is shared in [default: from STS; 'local' with --endpoint-url].",
+)
+@click.option(
+    "--api-budget-fraction",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    envvar="BRIDGE_API_BUDGET_FRACTION",
+    show_envvar=True,
+    help="Share of AWS's per-account call rates the fleet may use.  [default: 0.9]",
+)
+@click.option(
+    "--rate-limit/--no-rate-limit",
+    default=None,
+    envvar="BRIDGE_RATE_LIMIT",
+    show_envvar=True,
+    help="Budget task-runner calls fleet-wide in Redis (turn off only to prove the point).  [default: on]",
+)
 def start(worker_groups: tuple[str, ...], routes: tuple[str, ...], **opts: Any) -> None:
     """Poll Data Pipeline for WORKER_GROUP tasks and enqueue them as Celery jobs.
 

@@ -20,6 +20,8 @@ from enum import StrEnum
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from bridge.errors import BrokerError, ConfigError
 
@@ -47,6 +49,26 @@ redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'state', 'claimed', 'epoch', epoch, 'claimed_at', ARGV[2], 'updated_at', ARGV[2])
 if #ARGV > 2 then redis.call('HSET', KEYS[1], unpack(ARGV, 3)) end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+if KEYS[3] then redis.call('ZREM', KEYS[3], KEYS[4]) end
+return epoch
+"""
+
+# Adopt a live lease whose owner process died: only if it is still that owner's, with the same epoch.
+_ADOPT = """
+local cur = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'owner')
+if not cur[1] then return 0 end
+if cur[2] ~= ARGV[1] or cur[3] ~= ARGV[2] then return 0 end
+if cur[1] ~= 'claimed' and cur[1] ~= 'queued' and cur[1] ~= 'running' and cur[1] ~= 'reporting' then return 0 end
+redis.call('HSET', KEYS[1], 'owner', ARGV[3], 'adopted_from', ARGV[2], 'updated_at', ARGV[4])
+return 1
+"""
+
+# Re-publish a queued lease under a new epoch (older message copies are then fenced out).
+_BUMP = """
+local cur = redis.call('HMGET', KEYS[1], 'state', 'epoch')
+if cur[1] ~= 'queued' or cur[2] ~= ARGV[1] then return 0 end
+local epoch = tonumber(cur[2]) + 1
+redis.call('HSET', KEYS[1], 'epoch', epoch, 'queued_at', ARGV[2], 'updated_at', ARGV[2], 'republished', '1')
 return epoch
 """
 
@@ -78,6 +100,7 @@ class Lease:
     pipeline_id: str
     attempt_id: str
     worker_group: str
+    instance_id: str
     queue: str
     object_type: str
     owner: str
@@ -90,6 +113,19 @@ class Lease:
     next_beat: float
     outcome: dict[str, Any] | None
     task_object: dict[str, Any]
+    queued_at: float = 0.0
+    acked: bool = False
+    republished: bool = False
+
+    @property
+    def last_seen(self) -> float:
+        """When Data Pipeline last heard about this hand-out (its claim, acknowledgement or last beat)."""
+        return max(self.claimed_at, self.last_beat)
+
+    @property
+    def instance_key(self) -> str:
+        """The unit of exclusion: pipeline and instance (else the attempt)."""
+        return f"{self.pipeline_id}:{self.instance_id or self.attempt_id}"
 
     @classmethod
     def from_hash(cls, task_key: str, data: Mapping[str, str]) -> Lease:
@@ -102,6 +138,7 @@ class Lease:
             pipeline_id=data.get("pipeline_id", ""),
             attempt_id=data.get("attempt_id", ""),
             worker_group=data.get("worker_group", ""),
+            instance_id=data.get("instance_id", ""),
             queue=data.get("queue", ""),
             object_type=data.get("object_type", ""),
             owner=data.get("owner", ""),
@@ -114,6 +151,9 @@ class Lease:
             next_beat=float(data.get("next_beat", 0)),
             outcome=json.loads(outcome) if outcome else None,
             task_object=json.loads(data.get("task_object") or "{}"),
+            queued_at=float(data.get("queued_at", 0)),
+            acked=data.get("acked") == "1",
+            republished=data.get("republished") == "1",
         )
 
 
@@ -138,6 +178,8 @@ class LeaseStore:
         self.redis = client
         self._claim = client.register_script(_CLAIM)
         self._transition = client.register_script(_TRANSITION)
+        self._adopt = client.register_script(_ADOPT)
+        self._bump = client.register_script(_BUMP)
 
     @classmethod
     def from_url(cls, url: str) -> LeaseStore:
@@ -147,8 +189,15 @@ class LeaseStore:
             ConfigError: ``url`` does not parse (bad port or database number...).
         """
         try:
+            # Few, quick retries: the keeper must notice an outage at once and beat from memory, not stall
+            # for seconds in redis-py's default retry loop on every call.
             client = redis.Redis.from_url(
-                url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
+                url,
+                decode_responses=True,
+                socket_timeout=10,
+                socket_connect_timeout=2,
+                health_check_interval=30,
+                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
             )
         except ValueError as exc:
             raise ConfigError(f"bad Redis URL {url!r}: {exc}") from exc
@@ -169,14 +218,28 @@ class LeaseStore:
         except redis.RedisError as exc:
             raise BrokerError(f"Redis is unreachable: {exc}") from exc
 
-    def claim(self, task_key: str, worker_group: str, fields: Mapping[str, Any]) -> int:
-        """Write a new lease for a hand-out (superseding any older record of it); returns its epoch."""
+    def claim(
+        self,
+        task_key: str,
+        worker_group: str,
+        fields: Mapping[str, Any],
+        reservation: tuple[str, str] | None = None,
+    ) -> int:
+        """Write a new lease for a hand-out (superseding any older record of it); returns its epoch.
+
+        Args:
+            reservation: ``(reservation zset key, reservation id)`` to remove in the same step: the slot
+                reserved before the poll becomes this lease.
+        """
         now = time.time()
         args: list[Any] = [task_key, repr(now)]
         for key, value in fields.items():
             args += [key, _encode(value)]
+        keys = [self.lease_key(task_key), self.inflight_key(worker_group)]
+        if reservation is not None:
+            keys += list(reservation)
         try:
-            return int(self._claim(keys=[self.lease_key(task_key), self.inflight_key(worker_group)], args=args))
+            return int(self._claim(keys=keys, args=args))
         except redis.RedisError as exc:
             raise BrokerError(f"cannot write lease {task_key}: {exc}") from exc
 
@@ -209,6 +272,25 @@ class LeaseStore:
         except redis.RedisError as exc:
             raise BrokerError(f"cannot update lease {task_key}: {exc}") from exc
         return TransitionResult(int(code) == 1, str(state), int(cur_epoch or 0), missing=int(code) == -1)
+
+    def adopt(self, lease: Lease, new_owner: str) -> bool:
+        """Take over ``lease`` from its dead owner; False when it changed meanwhile (someone else won)."""
+        try:
+            return bool(
+                self._adopt(
+                    keys=[self.lease_key(lease.task_key)],
+                    args=[str(lease.epoch), lease.owner, new_owner, repr(time.time())],
+                )
+            )
+        except redis.RedisError as exc:
+            raise BrokerError(f"cannot adopt lease {lease.task_key}: {exc}") from exc
+
+    def bump_epoch(self, task_key: str, epoch: int) -> int:
+        """Give a queued lease a new epoch for re-publishing; returns it, or 0 when the lease moved on."""
+        try:
+            return int(self._bump(keys=[self.lease_key(task_key)], args=[str(epoch), repr(time.time())]))
+        except redis.RedisError as exc:
+            raise BrokerError(f"cannot re-publish lease {task_key}: {exc}") from exc
 
     def get(self, task_key: str) -> Lease | None:
         try:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
+from bridge.admission import reservation_key
 from bridge.api import TaskApi
 from bridge.errors import BrokerError, InvalidTask, RemoteError, TaskGone
+from bridge.keeper import POLLER, Held, Keeper
 from bridge.leases import LeaseState, LeaseStore
 from bridge.masking import SECRETS
 from bridge.messages import TaskMessage, argsrepr
@@ -20,10 +25,48 @@ from bridge.taskmodel import TaskObject, parse_task_object
 
 log = logging.getLogger(__name__)
 
-POLLER = "poller"
+#: Test-only: ``BRIDGE_TEST_CRASH_AT=<point>`` makes the process exit at once (as kill -9) at that point.
+CRASH_POINTS = ("after-poll", "after-lease", "after-ack", "after-publish", "during-poll")
+CRASH_ENV = "BRIDGE_TEST_CRASH_AT"
+#: How long into a held poll the ``during-poll`` crash happens.
+DURING_POLL_CRASH_S = 1.0
+#: How often the poller checks the broker is reachable before claiming.
+BROKER_CHECK_S = 5.0
 #: Lease-store retries per write (about 20 s at most, well inside the acknowledgement window).
 REDIS_RETRIES = 20
 T = TypeVar("T")
+
+
+def crash_point(name: str) -> None:
+    """Exit at once, with no cleanup, if the test hook names this point."""
+    if os.environ.get(CRASH_ENV) == name:
+        log.critical("test crash point %s reached: exiting now", name)
+        logging.shutdown()
+        os._exit(137)
+
+
+class Gate(Protocol):
+    """Admission: whether (and how much) this poller may claim."""
+
+    def reserve(self, worker_group: str) -> str | None:
+        """Reserve a slot for one poll; ``None`` when in flight is at the limit (or nobody consumes)."""
+
+    def release(self, worker_group: str, reservation: str) -> None:
+        """Give back a slot an empty poll did not use."""
+
+
+class MaxInFlightGate:
+    """Admission by ``max_in_flight`` alone (no worker slot registry): for tests and single-process use."""
+
+    def __init__(self, leases: LeaseStore, max_in_flight: int) -> None:
+        self.leases = leases
+        self.max_in_flight = max_in_flight
+
+    def reserve(self, worker_group: str) -> str | None:
+        return uuid.uuid4().hex if self.leases.in_flight(worker_group) < self.max_in_flight else None
+
+    def release(self, worker_group: str, reservation: str) -> None:
+        pass
 
 
 class Poller:
@@ -46,6 +89,9 @@ class Poller:
         leases: LeaseStore,
         publisher: Publisher,
         owner: str,
+        keeper: Keeper | None = None,
+        gate: Gate | None = None,
+        is_leader: Callable[[str], bool] = lambda group: True,
     ) -> None:
         self.settings = settings
         self.worker_group = worker_group
@@ -53,9 +99,14 @@ class Poller:
         self.leases = leases
         self.publisher = publisher
         self.owner = owner
+        self.keeper = keeper or Keeper(settings, api, leases, owner, publisher)
+        self.gate: Gate = gate or MaxInFlightGate(leases, settings.max_in_flight)
+        self.is_leader = is_leader
         self.stopping = threading.Event()
         self.polling = threading.Event()
         self._failures = 0
+        self._broker_healthy = True
+        self._broker_checked = 0.0
 
     def stop(self) -> None:
         """Stop claiming; a poll in flight still completes and its task is still enqueued. Idempotent."""
@@ -66,10 +117,17 @@ class Poller:
         log.info("polling worker_group=%s", self.worker_group)
         while not self.stopping.is_set():
             try:
-                if not self._admitted():
-                    self.stopping.wait(0.5)
+                if not self.is_leader(self.worker_group):
+                    self.stopping.wait(0.2)
                     continue
-                self.poll_once()
+                if not self._broker_ok():
+                    self.stopping.wait(1.0)
+                    continue
+                reservation = self.gate.reserve(self.worker_group)
+                if reservation is None:
+                    self.stopping.wait(0.2)
+                    continue
+                self.poll_once(reservation)
                 self._failures = 0
             except (RemoteError, BrokerError) as exc:
                 self._back_off(exc, logging.WARNING)
@@ -84,27 +142,62 @@ class Poller:
         log.log(level, "poll failed worker_group=%s: %s; next poll in %.1f s", self.worker_group, exc, wait)
         self.stopping.wait(wait)
 
-    def _admitted(self) -> bool:
-        return self.leases.in_flight(self.worker_group) < self.settings.max_in_flight
-
-    def poll_once(self) -> bool:
-        """One PollForTask; returns whether a task arrived (and was dispatched)."""
-        self.polling.set()
+    def _broker_ok(self) -> bool:
+        """No claims while the broker is unreachable (checked every few seconds, and after a failed publish)."""
+        now = time.monotonic()
+        if self._broker_healthy and now - self._broker_checked < BROKER_CHECK_S:
+            return True
+        self._broker_checked = now
         try:
-            raw = self.api.poll_for_task(self.worker_group, self.settings.hostname)
-        finally:
-            self.polling.clear()
-        if raw is None:
+            self.publisher.check(timeout_s=2.0)
+        except BrokerError as exc:
+            if self._broker_healthy:
+                log.warning("broker unreachable: %s; no new claims for worker_group=%s", exc, self.worker_group)
+            self._broker_healthy = False
             return False
-        received_at = time.monotonic()
-        self.dispatch(raw, received_at)
+        if not self._broker_healthy:
+            log.info("broker reachable again; claiming for worker_group=%s", self.worker_group)
+        self._broker_healthy = True
         return True
 
-    def dispatch(self, raw: dict[str, object], received_at: float) -> None:
+    def poll_once(self, reservation: str | None = None) -> bool:
+        """One PollForTask; returns whether a task arrived (and was dispatched)."""
+        self.polling.set()
+        crash_timer = None
+        if os.environ.get(CRASH_ENV) == "during-poll":
+            crash_timer = threading.Timer(DURING_POLL_CRASH_S, crash_point, ["during-poll"])
+            crash_timer.daemon = True
+            crash_timer.start()
+        try:
+            raw = self.api.poll_for_task(self.worker_group, self.settings.hostname)
+        except BaseException:
+            if reservation is not None:
+                self._release(reservation)
+            raise
+        finally:
+            self.polling.clear()
+            if crash_timer is not None:
+                crash_timer.cancel()
+        if raw is None:
+            if reservation is not None:
+                self._release(reservation)
+            return False
+        received_at = time.monotonic()
+        crash_point("after-poll")
+        self.dispatch(raw, received_at, reservation)
+        return True
+
+    def _release(self, reservation: str) -> None:
+        with contextlib.suppress(BrokerError):  # reservations expire on their own
+            self.gate.release(self.worker_group, reservation)
+
+    def dispatch(self, raw: dict[str, object], received_at: float, reservation: str | None = None) -> None:
         """Lease, acknowledge and publish one task. Runs to the end even while stopping."""
         try:
             task = parse_task_object(raw)
         except InvalidTask as exc:
+            if reservation is not None:
+                self._release(reservation)
             self._refuse(raw, exc)
             return
         SECRETS.add(task.secrets)
@@ -113,10 +206,40 @@ class Poller:
         deadline_s = task.progress_deadline_s or self.settings.progress_deadline_s
         interval_s = self.settings.beat_interval_for(deadline_s)
         queue = self.settings.queue_for(self.worker_group, task.object_type)
-        epoch = self._claim(task, raw, queue, deadline_s, interval_s)
+        held = Held(
+            task_key=task.key,
+            task_id=task.task_id,
+            worker_group=self.worker_group,
+            epoch=0,
+            state=LeaseState.CLAIMED,
+            queue=queue,
+            object_type=task.object_type,
+            deadline_s=deadline_s,
+            interval_s=interval_s,
+            task_object=dict(raw),
+            dispatching=True,
+        )
+        try:
+            self._dispatch(task, raw, held, received_at, reservation)
+        finally:
+            held.dispatching = False  # whatever is left of the claim sequence, the keeper finishes
+
+    def _dispatch(
+        self, task: TaskObject, raw: dict[str, object], held: Held, received_at: float, reservation: str | None
+    ) -> None:
+        queue, deadline_s, interval_s = held.queue, held.deadline_s, held.interval_s
+        epoch = self._claim(task, raw, queue, deadline_s, interval_s, reservation)
+        held.epoch = epoch
+        self.keeper.track(held)
+        crash_point("after-lease")
         if not self._acknowledge(task, epoch, received_at):
+            self.keeper.forget(task.key)
             return
         now = time.time()
+        held.acked = True
+        held.last_beat = now
+        held.next_beat = now + interval_s
+        crash_point("after-ack")
         self._with_redis(
             f"queuing lease {task.key}",
             lambda: self.leases.transition(
@@ -125,9 +248,11 @@ class Poller:
                 [LeaseState.CLAIMED],
                 LeaseState.QUEUED,
                 epoch=epoch,
-                fields={"last_beat": now, "next_beat": now + interval_s},
+                fields={"last_beat": now, "next_beat": now + interval_s, "queued_at": now, "acked": "1"},
             ),
         )
+        held.state = LeaseState.QUEUED
+        held.queued_at = now
         message = TaskMessage(
             schema=1,
             task_key=task.key,
@@ -141,6 +266,7 @@ class Poller:
             task_object=dict(raw),
         )
         self._publish(message, task)
+        crash_point("after-publish")
 
     def _lease_fields(
         self, task: TaskObject, raw: dict[str, object], queue: str, deadline_s: float, interval_s: float
@@ -160,10 +286,19 @@ class Poller:
             "task_object": dict(raw),
         }
 
-    def _claim(self, task: TaskObject, raw: dict[str, object], queue: str, deadline_s: float, interval_s: float) -> int:
+    def _claim(
+        self,
+        task: TaskObject,
+        raw: dict[str, object],
+        queue: str,
+        deadline_s: float,
+        interval_s: float,
+        reservation: str | None,
+    ) -> int:
         fields = self._lease_fields(task, raw, queue, deadline_s, interval_s)
+        resv = None if reservation is None else (reservation_key(self.worker_group), reservation)
         return self._with_redis(
-            f"writing lease {task.key}", lambda: self.leases.claim(task.key, self.worker_group, fields)
+            f"writing lease {task.key}", lambda: self.leases.claim(task.key, self.worker_group, fields, resv)
         )
 
     def _with_redis(self, what: str, fn: Callable[[], T]) -> T:
@@ -211,6 +346,10 @@ class Poller:
     def _publish(self, message: TaskMessage, task: TaskObject) -> None:
         attempt = 0
         while True:
+            held = self.keeper.get(task.key)
+            if attempt and (held is None or held.epoch != message.epoch or held.state != LeaseState.QUEUED):
+                log.info("not publishing task_key=%s epoch=%d: its lease moved on", task.key, message.epoch)
+                return
             try:
                 celery_task_id = self.publisher.publish(message, argsrepr(task))
                 log.info(
@@ -223,6 +362,7 @@ class Poller:
                 return
             except BrokerError as exc:
                 # The keeper goes on heartbeating the queued lease meanwhile, so nothing is lost.
+                self._broker_healthy = False
                 wait = backoff_s(attempt, 0.5, 10.0)
                 attempt += 1
                 log.warning(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -10,12 +11,15 @@ import time
 import uuid
 from collections.abc import Callable
 
+from bridge.admission import Admission, budget_cap
 from bridge.api import Boto3TaskApi, TaskApi
 from bridge.errors import AuthError, BrokerError, ConfigError, RemoteError
-from bridge.keeper import Keeper, RunnerHeartbeat
+from bridge.keeper import Keeper, RunnerHeartbeat, beat_margin_s
+from bridge.leadership import Leadership, Liveness
 from bridge.leases import LeaseStore
 from bridge.poller import Poller
 from bridge.publisher import Publisher
+from bridge.ratelimit import Limiter, RateLimitedApi, build_limiter
 from bridge.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,6 +28,28 @@ log = logging.getLogger(__name__)
 def process_identity(hostname: str) -> str:
     """A unique id for this process: host, pid and a random suffix (pids are reused)."""
     return f"{hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+#: Below this share of its burst an operation's bucket is "under pressure": heartbeats that can wait, wait.
+PRESSURE_SHARE = 0.3
+
+
+class BudgetPressure:
+    """Whether an operation's shared budget runs low (cached for a moment: one Redis read per tick)."""
+
+    def __init__(self, limiter: Limiter) -> None:
+        self.limiter = limiter
+        self._cache: dict[str, tuple[float, bool]] = {}
+
+    def pressure(self, op: str) -> bool:
+        now = time.monotonic()
+        cached = self._cache.get(op)
+        if cached is not None and now - cached[0] < 0.5:
+            return cached[1]
+        tokens = self.limiter.tokens(op)
+        low = tokens is not None and tokens < PRESSURE_SHARE * self.limiter.burst(op)
+        self._cache[op] = (now, low)
+        return low
 
 
 class BridgeProcess:
@@ -45,14 +71,51 @@ class BridgeProcess:
     ) -> None:
         self.settings = settings
         self.owner = process_identity(settings.hostname or socket.gethostname())
-        self.api = api or Boto3TaskApi(settings.endpoint_url, settings.region)
         self.leases = leases or LeaseStore.from_url(settings.redis_url)
+        self.limiter = build_limiter(settings, self.leases.redis)
+        self.api = RateLimitedApi(api or Boto3TaskApi(settings.endpoint_url, settings.region), self.limiter)
         self.publisher = publisher or Publisher(settings.broker_url)
+        self.leadership = Leadership(
+            self.leases.redis,
+            self.owner,
+            settings.worker_groups,
+            settings.leader_ttl_s,
+            settings.liveness_ttl_s,
+            hostname=settings.hostname,
+        )
+        self.admission = Admission(self.leases.redis, settings)
+        progress_rate = self.limiter.rate("ReportTaskProgress")
+        if self.settings.rate_limit and progress_rate > 0:
+            deadline = settings.progress_deadline_s
+            # With heartbeats stretched to one per (deadline - margin), what the budget keeps alive.
+            self.admission.set_budget_cap(
+                budget_cap(progress_rate, deadline, deadline / (deadline - beat_margin_s(deadline)))
+            )
+        self.keeper = Keeper(
+            settings,
+            self.api,
+            self.leases,
+            self.owner,
+            self.publisher,
+            is_leader=self.leadership.is_leader,
+            is_alive=lambda owner: Liveness.is_alive(self.leases.redis, owner),
+            has_consumer=lambda queue: self.admission.slots.consumers(queue) > 0,
+            budget=BudgetPressure(self.limiter) if settings.rate_limit else None,
+        )
         self.pollers = [
-            Poller(settings, group, self.api, self.leases, self.publisher, self.owner)
+            Poller(
+                settings,
+                group,
+                self.api.claiming(),
+                self.leases,
+                self.publisher,
+                self.owner,
+                keeper=self.keeper,
+                gate=self.admission,
+                is_leader=self.leadership.is_leader,
+            )
             for group in settings.worker_groups
         ]
-        self.keeper = Keeper(settings.worker_groups, self.api, self.leases, self.owner)
         self.runner_heartbeat = RunnerHeartbeat(
             self.api,
             settings.taskrunner_id,
@@ -94,6 +157,7 @@ class BridgeProcess:
             self.settings.max_in_flight,
             self.owner,
         )
+        self.leadership.start()
         self._spawn("keeper", self.keeper.run)
         self._spawn("runner-heartbeat", self.runner_heartbeat.run)
         for poller in self.pollers:
@@ -127,22 +191,58 @@ class BridgeProcess:
         for thread in self._threads:
             if thread.name.startswith("poller-"):
                 thread.join(timeout=max(0.0, deadline - time.monotonic()) + 100)
-        # 2. Keep heartbeating queued leases until workers take them over, or the drain timeout passes.
+        # 2. Another process may poll now; keep heartbeating queued leases until workers take them over.
+        self.leadership.step_down()
+        last_log = 0.0
         while time.monotonic() < deadline:
-            try:
-                pending = self.keeper.pending()
-            except BrokerError as exc:
-                log.warning("cannot read leases while draining: %s", exc)
-                pending = 1
+            pending = self.keeper.pending()
             if pending == 0:
                 break
-            log.info("draining: %d queued task(s) not yet started by a worker", pending)
-            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
-        # 3. Stop the keeper and the runner heartbeat, then close connections.
+            if time.monotonic() - last_log >= 5:
+                last_log = time.monotonic()
+                log.info("draining: %d queued task(s) not yet started by a worker", pending)
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+        # 3. What no worker took: a live peer adopts it once our liveness key is gone, else it ends FAILED
+        #    BridgeShutdown so Data Pipeline retries it promptly.
+        pending = self.keeper.pending()
+        if pending:
+            peers = self._peers()
+            if peers:
+                log.info("handing %d queued task(s) to live bridge process(es) %s", pending, ", ".join(peers))
+            else:
+                failed = self.keeper.fail_unstarted("BridgeShutdown")
+                log.warning("failed %d queued task(s) BridgeShutdown: no live bridge process to take them", failed)
+        # 4. Deliver outcomes still held (bounded), then stop beating and close.
         self.keeper.stop()
+        for thread in self._threads:
+            if thread.name == "keeper":
+                thread.join(timeout=5)
+        left = self.keeper.deliver_all(timeout_s=max(10.0, deadline - time.monotonic()))
+        if left:
+            log.error("%d outcome(s) undelivered at exit: Data Pipeline will time those tasks out and retry", left)
         self.runner_heartbeat.stop()
+        self.leadership.stop()
         for thread in self._threads:
             thread.join(timeout=5)
         self.publisher.close()
+        self.limiter.close()
         self._stopped.set()
         log.info("bridge stopped")
+
+    def _peers(self) -> list[str]:
+        """Other live bridge processes serving any of this process's groups."""
+        try:
+            owners = [o for o in Liveness.live_owners(self.leases.redis) if o != self.owner]
+            peers = []
+            for owner in owners:
+                raw = self.leases.redis.get(Liveness.alive_key(owner))
+                groups = set(json.loads(raw).get("worker_groups", [])) if raw else set()
+                if groups & set(self.settings.worker_groups):
+                    peers.append(owner)
+            return peers
+        except (BrokerError, ValueError, OSError) as exc:
+            log.warning("cannot look for peers: %s", exc)
+            return []
+        except Exception as exc:  # redis errors from the raw get
+            log.warning("cannot look for peers: %s", exc)
+            return []

@@ -106,7 +106,7 @@ class Settings:
     #: How long a worker retries SetTaskStatus before handing delivery to the poller's keeper.
     report_timeout_s: float = 300.0
     #: TTL of a running task's instance lock, renewed every second while the task runs (self-fencing bound).
-    running_ttl_s: float = 15.0
+    running_ttl_s: float = 30.0
     #: TTL of the per-group poller lock; a standby takes over within this after the active poller dies.
     leader_ttl_s: float = 10.0
     #: TTL of each bridge process's liveness key; leases of an owner whose key expired are adopted.
@@ -154,6 +154,11 @@ class Settings:
         for name in ("max_queue_wait_s", "report_timeout_s", "running_ttl_s", "leader_ttl_s", "liveness_ttl_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.running_ttl_s < self.kill_grace_s + 4:
+            raise ConfigError(
+                f"running_ttl_s ({self.running_ttl_s:g}) must exceed kill_grace_s ({self.kill_grace_s:g}) by 4 s or "
+                "more: a self-fenced command must be gone before its running lease expires"
+            )
         for name in ("api_budget_fraction", "local_budget_fraction"):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in (0, 1]")

@@ -530,3 +530,19 @@ def bridge_start(env: dict[str, str], *groups: str, extra: Sequence[str] = ()) -
     """A real `bridge start` process."""
     cmd = [sys.executable, "-m", "bridge", "start", *[a for g in groups for a in ("--worker-group", g)], *extra]
     return ManagedProcess(cmd, env, ready_text="polling worker_group=")
+
+
+def advertise_slots(redis_url: str, queues: Sequence[str], concurrency: int = 1, worker_id: str = "test@slots") -> None:
+    """Register worker slots on ``queues`` without a worker (the bridge claims only for live slots).
+
+    For tests that inspect what the bridge enqueues before any worker runs it.
+    """
+    import redis as redis_lib
+
+    from bridge.admission import SlotRegistry
+
+    client = redis_lib.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        SlotRegistry(client).register(worker_id, concurrency, queues, ttl_s=3600)
+    finally:
+        client.close()

@@ -11,7 +11,7 @@ import redis
 
 from bridge.masking import MASK
 from tests.integration.bridge_stack import Stack, attempts, logged, run_pipeline, wait_final
-from tests.support import shell_activity, wait_for
+from tests.support import advertise_slots, shell_activity, wait_for
 
 GROUP = "vault"
 SECRET = "s3cr3t-Pa55"
@@ -36,8 +36,10 @@ def queued_messages(stack: Stack, queue: str) -> list[dict[str, Any]]:
 
 
 def test_a_password_is_masked_everywhere_at_debug(stack: Stack) -> None:
-    # given a bridge at DEBUG, and a pipeline whose activity uses a database with a *password, carries the same
+    # given a bridge at DEBUG (a slot advertised, though no worker consumes the queue yet), and a pipeline
+    # whose activity uses a database with a *password, carries the same
     # value in a *myPassword field, and prints it to stderr before failing
+    advertise_slots(stack.redis.url, [f"dp.{GROUP}"])
     bridge = stack.bridge(GROUP)
     pipeline = run_pipeline(
         stack.dp,

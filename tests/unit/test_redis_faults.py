@@ -6,14 +6,17 @@ import time
 from typing import Any
 
 import pytest
+import redis
 
 from bridge import poller as poller_module
 from bridge.errors import BrokerError, Unavailable
-from bridge.keeper import Keeper
+from bridge.fencing import Fence
+from bridge.keeper import Held, Keeper
 from bridge.leases import Lease, TransitionResult
 from bridge.messages import TaskMessage
 from bridge.poller import Poller
 from bridge.settings import Settings
+from tests.support import free_port
 from workers.execution import Execution, LeaseStoreDown, Runtime
 
 TASK = {
@@ -78,7 +81,8 @@ class Publisher:
 def test_a_worker_that_cannot_take_the_lease_hands_the_message_back_without_side_effects() -> None:
     # given Redis down when a worker receives a message
     api = Api()
-    runtime = Runtime(Settings(), api, Leases(failures=1), "worker:1")  # type: ignore[arg-type]
+    unreachable = redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", decode_responses=True)
+    runtime = Runtime(Settings(), api, Leases(failures=1), "worker:1", Fence(unreachable))  # type: ignore[arg-type]
     body = TaskMessage(
         1, "df-1:@A_1_Attempt=1:abc", 1, "wg", "dp.wg", "ShellCommandActivity", 1.0, 5.0, 0.0, TASK
     ).to_body()
@@ -103,24 +107,52 @@ def test_a_redis_error_after_the_ack_is_retried_and_the_task_still_enqueued(monk
 
 def test_a_failing_heartbeat_backs_off_instead_of_retrying_every_tick() -> None:
     # given a queued lease whose heartbeats fail
-    leases = Leases()
-    keeper = Keeper(("wg",), Api(progress_error=Unavailable("500")), leases, "me")  # type: ignore[arg-type]
-    lease = Lease.from_hash(
-        "k",
-        {
-            "state": "queued",
-            "epoch": "1",
-            "task_id": "t",
-            "worker_group": "wg",
-            "heartbeat_interval_s": "60",
-            "next_beat": "0",
-        },
+    api = Api(progress_error=Unavailable("500"))
+    keeper = Keeper(Settings(worker_groups=("wg",)), api, Leases(), "me")  # type: ignore[arg-type]
+    held = Held.from_lease(
+        Lease.from_hash(
+            "k",
+            {
+                "state": "queued",
+                "epoch": "1",
+                "task_id": "t",
+                "worker_group": "wg",
+                "heartbeat_interval_s": "60",
+                "next_beat": "0",
+            },
+        )
     )
+    keeper.track(held)
     # when it fails twice in a row
     before = time.time()
-    keeper.beat(lease)
-    keeper.beat(lease)
-    # then each failure pushes the next try into the future (never past one interval)
-    next_beats = [t["fields"]["next_beat"] for t in leases.transitions]
-    assert len(next_beats) == 2
-    assert all(before < nb <= time.time() + 60 for nb in next_beats)
+    keeper.beat(held)
+    first = held.next_beat
+    keeper.beat(held)
+    # then each failure pushes the next try into the future (never past one interval), and no beat is
+    # retried on the same tick
+    assert before < first <= time.time() + 60
+    assert before < held.next_beat <= time.time() + 60
+    assert api.calls == ["ReportTaskProgress"] * 2
+    keeper.beat_due()
+    assert api.calls == ["ReportTaskProgress"] * 2
+
+
+def test_heartbeats_go_on_from_memory_while_redis_is_down() -> None:
+    # given a queued lease held by the keeper, and Redis failing every read and write
+    api = Api()
+    leases = Leases(failures=1000)
+    leases.live = lambda group: (_ for _ in ()).throw(BrokerError("down"))  # type: ignore[attr-defined]
+    keeper = Keeper(Settings(worker_groups=("wg",)), api, leases, "me")  # type: ignore[arg-type]
+    held = Held.from_lease(
+        Lease.from_hash(
+            "k",
+            {"state": "queued", "epoch": "1", "task_id": "t", "worker_group": "wg", "heartbeat_interval_s": "60"},
+        )
+    )
+    held.next_beat = 0.0
+    keeper.track(held)
+    # when the keeper ticks
+    keeper.tick()
+    # then the lease is still beaten, and still held
+    assert api.calls == ["ReportTaskProgress"]
+    assert keeper.pending() == 1
