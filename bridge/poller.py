@@ -30,8 +30,9 @@ CRASH_POINTS = ("after-poll", "after-lease", "after-ack", "after-publish", "duri
 CRASH_ENV = "BRIDGE_TEST_CRASH_AT"
 #: How long into a held poll the ``during-poll`` crash happens.
 DURING_POLL_CRASH_S = 1.0
-#: How often the poller checks the broker is reachable before claiming.
-BROKER_CHECK_S = 5.0
+#: How often the poller checks the broker is reachable before claiming (0: before every poll, so no task is
+#: claimed into an outage; one connection per poll is cheap next to a long poll).
+BROKER_CHECK_S = 0.0
 #: Lease-store retries per write (about 20 s at most, well inside the acknowledgement window).
 REDIS_RETRIES = 20
 T = TypeVar("T")
@@ -143,7 +144,7 @@ class Poller:
         self.stopping.wait(wait)
 
     def _broker_ok(self) -> bool:
-        """No claims while the broker is unreachable (checked every few seconds, and after a failed publish)."""
+        """No claims while the broker is unreachable (checked before each poll, every BROKER_CHECK_S at most)."""
         now = time.monotonic()
         if self._broker_healthy and now - self._broker_checked < BROKER_CHECK_S:
             return True

@@ -19,7 +19,7 @@ from bridge.leadership import Leadership, Liveness
 from bridge.leases import LeaseStore
 from bridge.poller import Poller
 from bridge.publisher import Publisher
-from bridge.ratelimit import Limiter, RateLimitedApi, build_limiter
+from bridge.ratelimit import BudgetPressure, RateLimitedApi, build_limiter
 from bridge.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,28 +28,6 @@ log = logging.getLogger(__name__)
 def process_identity(hostname: str) -> str:
     """A unique id for this process: host, pid and a random suffix (pids are reused)."""
     return f"{hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-#: Below this share of its burst an operation's bucket is "under pressure": heartbeats that can wait, wait.
-PRESSURE_SHARE = 0.3
-
-
-class BudgetPressure:
-    """Whether an operation's shared budget runs low (cached for a moment: one Redis read per tick)."""
-
-    def __init__(self, limiter: Limiter) -> None:
-        self.limiter = limiter
-        self._cache: dict[str, tuple[float, bool]] = {}
-
-    def pressure(self, op: str) -> bool:
-        now = time.monotonic()
-        cached = self._cache.get(op)
-        if cached is not None and now - cached[0] < 0.5:
-            return cached[1]
-        tokens = self.limiter.tokens(op)
-        low = tokens is not None and tokens < PRESSURE_SHARE * self.limiter.burst(op)
-        self._cache[op] = (now, low)
-        return low
 
 
 class BridgeProcess:

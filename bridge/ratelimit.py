@@ -413,6 +413,35 @@ class NullLimiter:
         """Nothing to stop."""
 
 
+#: Below this share of its burst an operation's bucket is "under pressure": heartbeats that can wait, wait.
+PRESSURE_SHARE = 0.3
+
+
+class BudgetPressure:
+    """Whether an operation's shared budget runs low (cached for half a second: one Redis read per tick).
+
+    Heartbeat loops ask this before a beat that is not yet urgent: under pressure they stretch their
+    interval (never past the deadline minus a margin), leaving the tokens to beats that are.
+    """
+
+    def __init__(self, limiter: Limiter) -> None:
+        self.limiter = limiter
+        self._cache: dict[str, tuple[float, bool]] = {}
+        self._lock = threading.Lock()
+
+    def pressure(self, op: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(op)
+            if cached is not None and now - cached[0] < 0.5:
+                return cached[1]
+        tokens = self.limiter.tokens(op)
+        low = tokens is not None and tokens < PRESSURE_SHARE * self.limiter.burst(op)
+        with self._lock:
+            self._cache[op] = (now, low)
+        return low
+
+
 class RateLimitedApi:
     """A ``TaskApi`` that takes a token from the budget before each call to ``inner``.
 

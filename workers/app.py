@@ -19,6 +19,7 @@ from bridge.fencing import Fence
 from bridge.leases import LeaseState, LeaseStore
 from bridge.messages import TASK_PREFIX, TaskMessage
 from bridge.publisher import VISIBILITY_TIMEOUT_S
+from bridge.ratelimit import BudgetPressure, RateLimitedApi, build_limiter
 from bridge.retry import retry_call
 from bridge.settings import Settings
 from workers import slots
@@ -36,6 +37,9 @@ def make_app(settings: Settings) -> Celery:
         accept_content=["json"],
         task_acks_late=True,
         worker_prefetch_multiplier=1,
+        # After a broker reconnect Celery lowers the prefetch count and restores it as tasks finish; with
+        # RabbitMQ we saw it never restored (the worker stopped consuming). Prefetch is 1 per slot anyway.
+        worker_enable_prefetch_count_reduction=False,
         task_reject_on_worker_lost=False,
         # Cancelling on reconnect would kill healthy work; the lease fences redelivered copies instead.
         worker_cancel_long_running_tasks_on_connection_loss=False,
@@ -55,12 +59,16 @@ def make_app(settings: Settings) -> Celery:
 def runtime(pid: int) -> Runtime:
     """Clients for this process (keyed by pid: prefork children build their own after fork)."""
     settings = Settings.from_env()
+    leases = LeaseStore.from_url(settings.redis_url)
+    # Every call a worker makes takes a token from the fleet's shared API budget.
+    limiter = build_limiter(settings, leases.redis)
     return Runtime(
         settings=settings,
-        api=Boto3TaskApi(settings.endpoint_url, settings.region),
-        leases=LeaseStore.from_url(settings.redis_url),
+        api=RateLimitedApi(Boto3TaskApi(settings.endpoint_url, settings.region), limiter),
+        leases=leases,
         worker_id=f"worker:{socket.gethostname()}:{pid}",
         fence=Fence.from_url(settings.redis_url),
+        budget=BudgetPressure(limiter) if settings.rate_limit else None,
     )
 
 

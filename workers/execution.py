@@ -24,7 +24,7 @@ from bridge.errors import (
     UnsupportedActivity,
 )
 from bridge.fencing import Fence, RunningLock, TakeStatus
-from bridge.keeper import POLLER
+from bridge.keeper import POLLER, Budget
 from bridge.leases import LeaseState, LeaseStore
 from bridge.masking import SECRETS
 from bridge.messages import TaskMessage
@@ -62,6 +62,8 @@ class Runtime:
     leases: LeaseStore
     worker_id: str
     fence: Fence | None = None
+    #: Budget pressure for stretching heartbeats (``None``: never stretch).
+    budget: Budget | None = None
 
 
 def _masked(text: str | None, limit: int | None = None) -> str | None:
@@ -207,6 +209,8 @@ class Execution:
             message.heartbeat_interval_s,
             cancel,
             self._beat_recorder(message, guard),
+            deadline_s=message.progress_deadline_s,
+            budget=self.rt.budget,
         )
         # Shutdown order, whatever happens: stop beating, stop guarding, then free the instance for other attempts.
         guard.start()

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from bridge.api import TaskApi
 from bridge.errors import BrokerError, RemoteError, TaskGone
 from bridge.fencing import Fence, RunningLock
+from bridge.keeper import Budget, beat_margin_s
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ FENCED_SUPERSEDED = "fenced: superseded"
 FENCED_UNRENEWABLE = "fenced: cannot renew running lease"
 #: How long before the lock's expiry a worker that cannot renew it stops its command.
 FENCE_MARGIN_S = 2.0
+#: How soon a failed heartbeat is tried again (at most one interval).
+RETRY_S = 5.0
 GUARD_TICK_S = 1.0
 
 
@@ -64,6 +67,8 @@ class Heartbeat:
         interval_s: Seconds between beats.
         cancel: Set on ``canceled: true`` or TaskNotFound / PipelineNotFound / PipelineDeleted.
         on_beat: Called after each successful beat (records it on the lease, emits a Flower event).
+        deadline_s: The task's progress deadline (stretched beats still land a margin before it).
+        budget: Tells whether the shared ReportTaskProgress budget runs low; ``None``: never stretch.
     """
 
     def __init__(
@@ -74,8 +79,15 @@ class Heartbeat:
         interval_s: float,
         cancel: CancelSignal,
         on_beat: Callable[[float], None] | None = None,
+        deadline_s: float | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.api = api
+        self.deadline_s = deadline_s or 3 * interval_s
+        self.budget = budget
+        self.stretched = 0
+        self._last_ok = time.time()
+        self._next_beat = self._last_ok + interval_s
         self.task_id = task_id
         self.task_key = task_key
         self.interval_s = interval_s
@@ -98,13 +110,16 @@ class Heartbeat:
             self._cancel(f"lost: {exc.code}")
             return
         except RemoteError as exc:
-            log.warning("heartbeat failed task_key=%s: %s", self.task_key, exc)
+            retry_in = min(self.interval_s, RETRY_S)
+            self._next_beat = time.time() + retry_in
+            log.warning("heartbeat failed task_key=%s: %s; next try in %.1f s", self.task_key, exc, retry_in)
             return
         if canceled:
             self._cancel("canceled by Data Pipeline")
             return
         self.beats += 1
-        self.last_beat = time.time()
+        self.last_beat = self._last_ok = time.time()
+        self._next_beat = self._last_ok + self.interval_s
         if self.on_beat is not None:
             try:
                 self.on_beat(self.last_beat)
@@ -119,10 +134,27 @@ class Heartbeat:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while not self._stop.wait(max(0.05, min(1.0, self._next_beat - time.time()))):
             if self.cancel.is_set():
                 return
-            self.beat()
+            if time.time() >= self._next_beat:
+                self.beat_when_due()
+
+    def beat_when_due(self) -> None:
+        """Beat now, or, when the budget runs low and the deadline is still far, stretch this interval."""
+        now = time.time()
+        latest = self._last_ok + self.deadline_s - beat_margin_s(self.deadline_s)
+        if self.budget is not None and now < latest - 2.0 and self.budget.pressure("ReportTaskProgress"):
+            self._next_beat = min(now + 1.0, latest - 2.0)
+            if not self.stretched % 30:
+                log.warning(
+                    "API budget pressure: stretching heartbeats of task_key=%s (deadline in %.0f s)",
+                    self.task_key,
+                    self._last_ok + self.deadline_s - now,
+                )
+            self.stretched += 1
+            return
+        self.beat()
 
     def stop(self) -> None:
         """Stop beating (idempotent); the thread ends within one interval at most."""

@@ -1,0 +1,94 @@
+"""Heartbeats stretch under API budget pressure, earliest deadline first, never past deadline - margin."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bridge.keeper import Held, Keeper, beat_margin_s
+from bridge.leases import LeaseState, TransitionResult
+from bridge.settings import Settings
+from workers.heartbeat import CancelSignal, Heartbeat
+
+
+class Api:
+    def __init__(self) -> None:
+        self.beaten: list[str] = []
+
+    def report_task_progress(self, task_id: str, fields: Any = None) -> bool:
+        self.beaten.append(task_id)
+        return False
+
+
+class Budget:
+    def __init__(self, pressure: bool) -> None:
+        self.low = pressure
+
+    def pressure(self, op: str) -> bool:
+        return self.low
+
+
+class Leases:
+    def transition(self, *a: Any, **k: Any) -> TransitionResult:
+        return TransitionResult(True, "queued", 1)
+
+
+def held(key: str, last_beat: float, deadline_s: float = 30.0, interval_s: float = 10.0) -> Held:
+    return Held(
+        task_key=key,
+        task_id=key,
+        worker_group="wg",
+        epoch=1,
+        state=LeaseState.QUEUED,
+        queue="dp.wg",
+        object_type="ShellCommandActivity",
+        deadline_s=deadline_s,
+        interval_s=interval_s,
+        task_object={},
+        last_beat=last_beat,
+        next_beat=0.0,
+        acked=True,
+    )
+
+
+def keeper(api: Api, pressure: bool) -> Keeper:
+    return Keeper(Settings(worker_groups=("wg",)), api, Leases(), "me", budget=Budget(pressure))  # type: ignore[arg-type]
+
+
+def test_without_pressure_every_due_lease_is_beaten() -> None:
+    api = Api()
+    k = keeper(api, pressure=False)
+    now = time.time()
+    for name, age in (("a", 11), ("b", 15)):
+        k.track(held(name, now - age))
+    k.beat_due()
+    assert sorted(api.beaten) == ["a", "b"]
+    assert k.stats.stretched == 0
+
+
+def test_under_pressure_only_leases_near_their_deadline_are_beaten_and_the_rest_wait() -> None:
+    # given two due leases: one 26 s into a 30 s deadline (margin 3 s: must beat now), one only 11 s in
+    api = Api()
+    k = keeper(api, pressure=True)
+    now = time.time()
+    urgent, relaxed = held("urgent", now - 26), held("relaxed", now - 11)
+    k.track(urgent)
+    k.track(relaxed)
+    # when the keeper ticks under budget pressure
+    k.beat_due()
+    # then only the urgent one was beaten; the other is put off, but never past deadline - margin
+    assert api.beaten == ["urgent"]
+    assert k.stats.stretched == 1
+    assert relaxed.next_beat <= relaxed.last_beat + relaxed.deadline_s - beat_margin_s(relaxed.deadline_s)
+
+
+def test_a_running_tasks_heartbeat_stretches_under_pressure_and_beats_before_the_deadline() -> None:
+    api = Api()
+    beat = Heartbeat(api, "t", "k", 10.0, CancelSignal(), deadline_s=30.0, budget=Budget(True))  # type: ignore[arg-type]
+    beat._last_ok = time.time() - 11
+    beat.beat_when_due()
+    assert api.beaten == []
+    assert beat.stretched == 1
+    beat._last_ok = time.time() - 26  # 1 s from deadline - margin: due whatever the budget says
+    beat.beat_when_due()
+    assert api.beaten == ["t"]
