@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import redis
 
 from bridge.errors import BrokerError
-from bridge.leases import PREFIX, LeaseStore
+from bridge.leases import ALL_INFLIGHT_KEY, PREFIX, LeaseStore
 from bridge.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 """
 
-# KEYS: inflight, reservations. ARGV: id, limit, ttl_s. Re-reserving a held id only extends it.
+# KEYS: inflight, reservations, every group's inflight. ARGV: id, limit, ttl_s, fleet-wide limit ('' for none).
+# Re-reserving a held id only extends it. Returns 1, or 0 (group full), or -1 (the fleet-wide bound is reached).
 _RESERVE = (
     _NOW
     + """
@@ -55,6 +56,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local ttl = tonumber(ARGV[3])
 if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
   if redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then return 0 end
+  if ARGV[4] ~= '' and redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[4]) then return -1 end
 end
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
 local ms = math.ceil(ttl * 1000)
@@ -135,15 +137,37 @@ class Reservations:
         self.redis = client
         self._reserve = client.register_script(_RESERVE)
 
-    def reserve(self, worker_group: str, resv_id: str, limit: int, ttl_s: float = RESERVATION_TTL_S) -> bool:
+    def reserve(
+        self,
+        worker_group: str,
+        resv_id: str,
+        limit: int,
+        ttl_s: float = RESERVATION_TTL_S,
+        fleet_limit: int | None = None,
+    ) -> bool:
         """Reserve a place if live leases + unexpired reservations < ``limit``, atomically; whether it was granted.
+
+        Args:
+            fleet_limit: Also refuse while every group's live leases together reach this (the API budget's bound).
 
         Raises:
             BrokerError: Redis cannot be reached.
         """
-        keys = [LeaseStore.inflight_key(worker_group), reservation_key(worker_group)]
+        return self.try_reserve(worker_group, resv_id, limit, ttl_s, fleet_limit) == 1
+
+    def try_reserve(
+        self,
+        worker_group: str,
+        resv_id: str,
+        limit: int,
+        ttl_s: float = RESERVATION_TTL_S,
+        fleet_limit: int | None = None,
+    ) -> int:
+        """Like ``reserve``; returns 1 (granted), 0 (the group is full) or -1 (the fleet-wide bound is reached)."""
+        keys = [LeaseStore.inflight_key(worker_group), reservation_key(worker_group), ALL_INFLIGHT_KEY]
+        args: list[str | int] = [resv_id, int(limit), repr(float(ttl_s)), "" if fleet_limit is None else fleet_limit]
         try:
-            return int(self._reserve(keys=keys, args=[resv_id, int(limit), repr(float(ttl_s))])) == 1
+            return int(self._reserve(keys=keys, args=args))
         except redis.RedisError as exc:
             raise BrokerError(f"cannot reserve a place for {worker_group}: {exc}") from exc
 
@@ -317,7 +341,7 @@ class Admission:
         self._logged: dict[tuple[str, str], float] = {}
 
     def set_budget_cap(self, cap: int | None) -> None:
-        """Bound every group by what the ReportTaskProgress budget keeps alive (``None``: unbounded)."""
+        """Bound all groups together by what the ReportTaskProgress budget keeps alive (``None``: unbounded)."""
         self.budget_cap = cap
 
     def queues(self, worker_group: str) -> list[str]:
@@ -335,7 +359,7 @@ class Admission:
 
     def _limit(self, live_slots: int) -> tuple[int, str]:
         bounds = [(live_slots + self.settings.queue_allowance, "slots")]
-        if self.budget_cap is not None:
+        if self.budget_cap is not None:  # (enforced fleet-wide in ``reserve``: over every group's leases)
             bounds.append((self.budget_cap, "budget"))
         bounds.append((self.settings.max_in_flight, "max_in_flight"))
         return min(bounds, key=lambda bound: bound[0])
@@ -373,8 +397,13 @@ class Admission:
             return None
         limit, self.bound[worker_group] = self._limit(census.slots)
         resv_id = uuid.uuid4().hex
-        if self.reservations.reserve(worker_group, resv_id, limit, self.reservation_ttl_s):
+        granted = self.reservations.try_reserve(
+            worker_group, resv_id, limit, self.reservation_ttl_s, fleet_limit=self.budget_cap
+        )
+        if granted == 1:
             return resv_id
+        if granted == -1:
+            self.bound[worker_group] = "budget"
         return None
 
     def release(self, worker_group: str, resv_id: str) -> None:

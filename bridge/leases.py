@@ -27,6 +27,8 @@ from bridge.errors import BrokerError, ConfigError
 
 PREFIX = "dpb"
 TERMINAL_TTL_S = 86400
+#: Every live lease of every group sharing this Redis (the API budget's admission bound is fleet-wide).
+ALL_INFLIGHT_KEY = f"{PREFIX}:inflight-all"
 
 
 class LeaseState(StrEnum):
@@ -49,7 +51,8 @@ redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'state', 'claimed', 'epoch', epoch, 'claimed_at', ARGV[2], 'updated_at', ARGV[2])
 if #ARGV > 2 then redis.call('HSET', KEYS[1], unpack(ARGV, 3)) end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-if KEYS[3] then redis.call('ZREM', KEYS[3], KEYS[4]) end
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+if KEYS[4] then redis.call('ZREM', KEYS[4], KEYS[5]) end
 return epoch
 """
 
@@ -83,6 +86,7 @@ redis.call('HSET', KEYS[1], 'updated_at', ARGV[5])
 if #ARGV > 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 7)) end
 if ARGV[6] ~= '' then
   redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
 end
 return {1, ARGV[4], cur[2]}
@@ -235,7 +239,7 @@ class LeaseStore:
         args: list[Any] = [task_key, repr(now)]
         for key, value in fields.items():
             args += [key, _encode(value)]
-        keys = [self.lease_key(task_key), self.inflight_key(worker_group)]
+        keys = [self.lease_key(task_key), self.inflight_key(worker_group), ALL_INFLIGHT_KEY]
         if reservation is not None:
             keys += list(reservation)
         try:
@@ -267,7 +271,7 @@ class LeaseStore:
             args += [key, _encode(value)]
         try:
             code, state, cur_epoch = self._transition(
-                keys=[self.lease_key(task_key), self.inflight_key(worker_group)], args=args
+                keys=[self.lease_key(task_key), self.inflight_key(worker_group), ALL_INFLIGHT_KEY], args=args
             )
         except redis.RedisError as exc:
             raise BrokerError(f"cannot update lease {task_key}: {exc}") from exc
@@ -299,6 +303,13 @@ class LeaseStore:
             raise BrokerError(f"cannot read lease {task_key}: {exc}") from exc
         return Lease.from_hash(task_key, {str(k): str(v) for k, v in data.items()}) if data else None
 
+    def in_flight_all(self) -> int:
+        """How many live leases all groups hold together."""
+        try:
+            return int(self.redis.zcard(ALL_INFLIGHT_KEY))
+        except redis.RedisError as exc:
+            raise BrokerError(f"cannot count leases: {exc}") from exc
+
     def in_flight(self, worker_group: str) -> int:
         """How many live leases ``worker_group`` holds."""
         try:
@@ -320,6 +331,7 @@ class LeaseStore:
                     leases.append(Lease.from_hash(key, data))
                 else:
                     self.redis.zrem(self.inflight_key(worker_group), key)
+                    self.redis.zrem(ALL_INFLIGHT_KEY, key)
             return leases
         except redis.RedisError as exc:
             raise BrokerError(f"cannot list leases: {exc}") from exc

@@ -12,6 +12,7 @@ import redis
 
 from bridge.admission import Admission, Reservations, SlotRegistry, budget_cap, reservation_key
 from bridge.errors import BrokerError
+from bridge.leases import LeaseState, LeaseStore
 from bridge.settings import Settings
 from tests.support import RedisServer, wait_for
 
@@ -231,3 +232,17 @@ def test_admission_raises_broker_error_when_redis_is_down(client: redis.Redis, r
         admission.reserve("g1")
     with pytest.raises(BrokerError):
         admission.limit("g1")
+
+
+def test_the_budget_bound_counts_the_leases_of_every_group_together(client: redis.Redis) -> None:
+    # given a budget cap of 3 and live leases in two groups: 2 in g1, 1 in g2
+    store = LeaseStore(client)
+    for group, key in (("g1", "a"), ("g1", "b"), ("g2", "c")):
+        store.claim(key, group, {"state_note": "x"})
+    reservations = Reservations(client)
+    # then no group may reserve another place, however roomy its own limit is
+    assert reservations.try_reserve("g2", "r1", limit=10, fleet_limit=3) == -1
+    assert reservations.try_reserve("g3", "r2", limit=10, fleet_limit=3) == -1
+    # and when one lease ends, a place frees up for any group
+    store.transition("a", "g1", [LeaseState.CLAIMED], LeaseState.DONE)
+    assert reservations.try_reserve("g3", "r3", limit=10, fleet_limit=3) == 1
