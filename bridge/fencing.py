@@ -49,17 +49,19 @@ return {'ok', 'running', cur[2], token, tonumber(ARGV[4]), lock}
 """
 
 # KEYS[1] lease, KEYS[2] lock. ARGV: token, epoch, ttl ms, last_beat ('' for none).
-# Returns {code, state, epoch, holder}: 1 renewed; 0 the lease is ours but the lock is not; -1 the lease is not ours.
+# Returns {code, state, epoch, holder}: 1 renewed; 0 another hand-out holds the instance lock; -1 the lease has
+# another epoch (a newer hand-out). Only those two prove this copy superseded: a record that vanished (Redis
+# restarted without its data) or a lock that expired while Redis was away is taken again, since Data Pipeline,
+# which the task keeps heartbeating, has handed the attempt to no one else.
 _RENEW = """
 local holder = redis.call('GET', KEYS[2]) or ''
 local cur = redis.call('HMGET', KEYS[1], 'state', 'epoch')
 local state, epoch = cur[1] or '', cur[2] or '0'
-local ours = (state == 'running' or state == 'reporting') and epoch == ARGV[2]
-if not ours then return {-1, state, epoch, holder} end
-if holder ~= ARGV[1] then return {0, state, epoch, holder} end
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'last_beat', ARGV[4]) end
-return {1, state, epoch, holder}
+if state ~= '' and epoch ~= ARGV[2] then return {-1, state, epoch, holder} end
+if holder ~= '' and holder ~= ARGV[1] then return {0, state, epoch, holder} end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
+if ARGV[4] ~= '' and state ~= '' then redis.call('HSET', KEYS[1], 'last_beat', ARGV[4]) end
+return {1, state, epoch, ARGV[1]}
 """
 
 # KEYS[1] lock. ARGV[1] token.
@@ -149,8 +151,8 @@ class RenewResult:
     """What ``renew`` found.
 
     Attributes:
-        ok: The lock was ours and the lease ``running``/``reporting`` with our epoch; the lock was extended.
-        lease_ours: The lease is still ``running``/``reporting`` with our epoch (even if the lock is not ours).
+        ok: No other hand-out holds the lease or the lock; the lock was extended (or taken again).
+        lease_ours: No newer hand-out holds the lease (even if the lock is someone else's).
         state: The lease's state as found (``""``: missing).
         epoch: The lease's epoch as found.
         holder: The lock's value as found (``""``: absent or expired).

@@ -40,6 +40,8 @@ ACK_LIMIT_S = 120.0
 #: Extra time past a deadline before a silent lease is declared lost (clock skew between hosts).
 LOST_GRACE_S = 5.0
 CANCEL_KEY_TTL_S = 3600
+#: After Redis comes back, how long the sweep waits before writing off silent leases (their owners catch up).
+RECONNECT_GRACE_S = 15.0
 
 
 def beat_margin_s(deadline_s: float) -> float:
@@ -183,6 +185,7 @@ class Keeper:
         self._lock = threading.RLock()
         self._held: dict[str, Held] = {}
         self._redis_down_since: float | None = None
+        self._redis_back_at: float | None = None
         self._last_sweep = 0.0
         self._last_stretch_log = 0.0
 
@@ -247,6 +250,7 @@ class Keeper:
 
     def _redis_ok(self) -> None:
         if self._redis_down_since is not None:
+            self._redis_back_at = time.monotonic()
             log.info("Redis is back after %.0f s; leases reconciled", time.time() - self._redis_down_since)
             self._redis_down_since = None
             for held in self.held():  # the beats made from memory meanwhile, so no sweep declares them lost
@@ -608,11 +612,13 @@ class Keeper:
         except BrokerError:
             return
         now = time.time()
+        # Right after an outage, records lag behind beats made meanwhile: wait before writing anything off.
+        settled = self._redis_back_at is None or time.monotonic() - self._redis_back_at > RECONNECT_GRACE_S
         alive: dict[str, bool] = {}
         for lease in leases:
             if lease.task_key in self._held:
                 continue  # this process beats it (from memory if need be)
-            if self._stale(lease, now):
+            if settled and self._stale(lease, now) and not self._worker_alive(lease):
                 self._lose(lease, now)
                 continue
             if lease.owner == self.owner:
@@ -625,6 +631,15 @@ class Keeper:
             if alive[lease.owner]:
                 continue
             self._adopt(lease)
+
+    def _worker_alive(self, lease: Lease) -> bool:
+        """Whether a worker still renews this lease's instance lock (liveness per task)."""
+        if lease.state not in (LeaseState.RUNNING, LeaseState.REPORTING) or not lease.run_lock:
+            return False
+        try:
+            return bool(self.leases.redis.exists(lease.run_lock))
+        except Exception:  # redis errors: cannot tell, so do not write it off now
+            return True
 
     @staticmethod
     def _stale(lease: Lease, now: float) -> bool:

@@ -120,6 +120,8 @@ class Lease:
     queued_at: float = 0.0
     acked: bool = False
     republished: bool = False
+    #: The instance lock the running worker renews every second (``bridge.fencing``).
+    run_lock: str = ""
 
     @property
     def last_seen(self) -> float:
@@ -158,6 +160,7 @@ class Lease:
             queued_at=float(data.get("queued_at", 0)),
             acked=data.get("acked") == "1",
             republished=data.get("republished") == "1",
+            run_lock=data.get("run_lock", ""),
         )
 
 

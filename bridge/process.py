@@ -13,13 +13,14 @@ from collections.abc import Callable
 
 from bridge.admission import Admission, budget_cap
 from bridge.api import Boto3TaskApi, TaskApi
-from bridge.errors import AuthError, BrokerError, ConfigError, RemoteError
+from bridge.errors import AuthError, BrokerError, ConfigError, RemoteError, Throttled, Unavailable
 from bridge.keeper import Keeper, RunnerHeartbeat, beat_margin_s
 from bridge.leadership import Leadership, Liveness
 from bridge.leases import LeaseStore
 from bridge.poller import Poller
 from bridge.publisher import Publisher
 from bridge.ratelimit import BudgetPressure, RateLimitedApi, build_limiter
+from bridge.retry import backoff_s
 from bridge.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 def process_identity(hostname: str) -> str:
     """A unique id for this process: host, pid and a random suffix (pids are reused)."""
     return f"{hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+#: How long the start-up check retries a service that answers, but with throttling or a 5xx.
+STARTUP_RETRY_S = 30.0
 
 
 class BridgeProcess:
@@ -117,7 +122,7 @@ class BridgeProcess:
         self.publisher.check()
         terminate = False
         try:
-            terminate = self.runner_heartbeat.beat_once_strict()
+            terminate = self._first_heartbeat()
         except AuthError as exc:
             raise ConfigError(f"Data Pipeline rejected the credentials: {exc}") from exc
         except RemoteError as exc:
@@ -125,6 +130,22 @@ class BridgeProcess:
         if terminate:
             log.warning("Data Pipeline asked taskrunner_id=%s to terminate at start", self.settings.taskrunner_id)
             self.request_stop()
+
+    def _first_heartbeat(self) -> bool:
+        """The start-up heartbeat, retried through throttling and 5xx answers (not through a dead endpoint)."""
+        deadline = time.monotonic() + STARTUP_RETRY_S
+        attempt = 0
+        while True:
+            try:
+                return self.runner_heartbeat.beat_once_strict()
+            except (Throttled, Unavailable) as exc:
+                answered = isinstance(exc, Throttled) or exc.code in ("InternalServiceError", "ServiceUnavailable")
+                wait = backoff_s(attempt, 0.5, 5.0)
+                if not answered or time.monotonic() + wait > deadline:
+                    raise
+                log.warning("start-up heartbeat failed (%s); retrying in %.1f s", exc.code or exc, wait)
+                attempt += 1
+                time.sleep(wait)
 
     def start(self) -> None:
         """Start the keeper, the runner heartbeat and one poller per worker group."""

@@ -25,7 +25,7 @@ from bridge.errors import (
 )
 from bridge.fencing import Fence, RunningLock, TakeStatus
 from bridge.keeper import POLLER, Budget
-from bridge.leases import LeaseState, LeaseStore
+from bridge.leases import LeaseState, LeaseStore, TransitionResult
 from bridge.masking import SECRETS
 from bridge.messages import TaskMessage
 from bridge.retry import backoff_s, retry_call
@@ -64,6 +64,15 @@ class Runtime:
     fence: Fence | None = None
     #: Budget pressure for stretching heartbeats (``None``: never stretch).
     budget: Budget | None = None
+
+
+def newer_hand_out(result: TransitionResult, epoch: int) -> bool:
+    """Whether a failed lease update proves a newer hand-out owns the task (fence this copy out).
+
+    A record that vanished (Redis lost its data) or that the bridge wrote off as lost with this epoch proves
+    nothing: Data Pipeline, which this task keeps heartbeating, is the judge, and its answer is what is reported.
+    """
+    return not result.ok and not result.missing and result.epoch != epoch
 
 
 def _masked(text: str | None, limit: int | None = None) -> str | None:
@@ -201,6 +210,7 @@ class Execution:
             cancel,
             renewed_at=taken_at,
             kill_grace_s=self.rt.settings.kill_grace_s,
+            deadline_s=message.progress_deadline_s,
         )
         heartbeat = Heartbeat(
             self.rt.api,
@@ -212,6 +222,7 @@ class Execution:
             deadline_s=message.progress_deadline_s,
             budget=self.rt.budget,
         )
+        guard.accepted_at = heartbeat.accepted_at
         # Shutdown order, whatever happens: stop beating, stop guarding, then free the instance for other attempts.
         guard.start()
         try:
@@ -279,8 +290,8 @@ class Execution:
                 epoch=message.epoch,
                 fields={"last_beat": at},
             )
-            if not result.ok:
-                guard.supersede(f"lease {result.state or 'missing'} (epoch {result.epoch}) when recording a beat")
+            if newer_hand_out(result, message.epoch):
+                guard.supersede(f"lease {result.state} (epoch {result.epoch}) when recording a beat")
 
         return record
 
@@ -316,10 +327,8 @@ class Execution:
                 epoch=message.epoch,
                 fields={"outcome": record},
             )
-            if not written.ok:
-                guard.supersede(
-                    f"lease {written.state or 'missing'} (epoch {written.epoch}) when recording the outcome"
-                )
+            if newer_hand_out(written, message.epoch):
+                guard.supersede(f"lease {written.state} (epoch {written.epoch}) when recording the outcome")
         except BrokerError as exc:  # SetTaskStatus never waits on Redis: the outcome matters more than the record
             log.warning("could not record the outcome of task_key=%s: %s; reporting it anyway", task.key, exc)
         delivery = self._deliver(task, outcome, error_message, stack, guard)

@@ -102,6 +102,10 @@ class Heartbeat:
     def reason(self) -> str:
         return self.cancel.reason
 
+    def accepted_at(self) -> float:
+        """When Data Pipeline last accepted a beat (the start, before the first one)."""
+        return self._last_ok
+
     def beat(self) -> None:
         """One ReportTaskProgress; failures other than cancellation are logged and retried next time."""
         try:
@@ -191,9 +195,13 @@ class LeaseGuard:
         renewed_at: float,
         tick_s: float = GUARD_TICK_S,
         kill_grace_s: float = 0.0,
+        deadline_s: float | None = None,
     ) -> None:
         self.fence = fence
         self.kill_grace_s = kill_grace_s
+        self.deadline_s = deadline_s
+        #: When Data Pipeline last accepted a heartbeat of this task (wall clock); set once the heartbeat exists.
+        self.accepted_at: Callable[[], float] | None = None
         self.lock = lock
         self.running_ttl_s = running_ttl_s
         self.cancel = cancel
@@ -230,7 +238,8 @@ class LeaseGuard:
         attempt_at = time.monotonic()
         try:
             reason = self.fence.cancel_requested(self.lock.task_key) if self._command_running else None
-            renewed = self.fence.renew(self.lock, self.running_ttl_s)
+            accepted = self.accepted_at() if self.accepted_at is not None else None
+            renewed = self.fence.renew(self.lock, self.running_ttl_s, last_beat=accepted)
         except BrokerError as exc:
             self._unreachable(exc)
             return
@@ -245,9 +254,24 @@ class LeaseGuard:
         if self._command_running or not renewed.lease_ours:
             self.supersede(renewed.describe())
 
+    def _must_fence(self, down_s: float) -> bool:
+        """Whether Redis being unreachable for ``down_s`` means the command must stop.
+
+        While Data Pipeline keeps accepting this task's heartbeats it hands the attempt to no one else, and no
+        other copy can take the instance lock without Redis: the command goes on, and the lock is taken again
+        when Redis answers. Only when heartbeats have also failed for nearly the progress deadline (Data Pipeline
+        may hand the attempt out again) is the command stopped, early enough to be gone before that.
+        """
+        if not self._command_running:
+            return False
+        if self.accepted_at is None or self.deadline_s is None:
+            return down_s >= self.fence_after_s
+        silent_s = time.time() - self.accepted_at()
+        return silent_s >= self.deadline_s - beat_margin_s(self.deadline_s) - self.kill_grace_s - FENCE_MARGIN_S
+
     def _unreachable(self, exc: BrokerError) -> None:
         down_s = time.monotonic() - self._renewed_at
-        if self._command_running and down_s >= self.fence_after_s:
+        if self._must_fence(down_s):
             if self.cancel.request(FENCED_UNRENEWABLE):
                 log.error(
                     "fenced task_key=%s epoch=%d: no renewal of its running lock for %.1f s (%s); stopping its command",
@@ -259,10 +283,10 @@ class LeaseGuard:
         elif not self._unreachable_logged:
             self._unreachable_logged = True
             log.warning(
-                "cannot renew the running lock of task_key=%s: %s; the command is stopped if this lasts %.0f s",
+                "cannot renew the running lock of task_key=%s: %s; the command goes on while Data Pipeline accepts "
+                "its heartbeats",
                 self.lock.task_key,
                 exc,
-                self.fence_after_s,
             )
 
     def _run(self) -> None:

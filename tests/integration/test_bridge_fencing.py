@@ -259,8 +259,8 @@ FENCE_GROUP = "fb"
 
 @pytest.fixture
 def own_stack() -> Iterator[Stack]:
-    """A stack of its own: this test stops its Redis."""
-    stack = Stack(["--poll-wait", "2", "--time-scale", "60"], **ENV)
+    """A stack of its own: this test stops its Redis. Progress deadline 12 s: fencing after ~7 s of silence."""
+    stack = Stack(["--poll-wait", "2", "--time-scale", "60"], **ENV, BRIDGE_PROGRESS_DEADLINE_S="12")
     try:
         stack.start()
         stack.worker(f"dp.{FENCE_GROUP}", concurrency=1)
@@ -270,7 +270,7 @@ def own_stack() -> Iterator[Stack]:
         stack.stop()
 
 
-def test_a_worker_cut_off_from_redis_kills_its_command_but_survives_a_blip(own_stack: Stack) -> None:
+def test_a_worker_cut_off_from_redis_and_data_pipeline_kills_its_command(own_stack: Stack) -> None:
     stack = own_stack
     assert stack.redis.proc is not None
     # given a running command
@@ -285,18 +285,26 @@ def test_a_worker_cut_off_from_redis_kills_its_command_but_survives_a_blip(own_s
     stack.redis.proc.send_signal(signal.SIGCONT)
 
     # then the command goes on
-    time.sleep(5)
+    time.sleep(3)
+    assert alive(pid)
+
+    # when Redis goes away for longer than the lock's TTL, while Data Pipeline still accepts heartbeats
+    stack.redis.stop()
+    time.sleep(float(TTL_S) + 4)
+
+    # then the command still goes on: no other copy can start (Data Pipeline hands the attempt to no one else)
     assert alive(pid)
     assert "fenced" not in stack.workers[0].text()
 
-    # when Redis goes away for good
-    stopped_at = time.monotonic()
-    stack.redis.stop()
+    # when Data Pipeline stops accepting its heartbeats too
+    stack.emulator.admin("faults", {"faultRate": ["ReportTaskProgress=1"]})
+    cut_at = time.monotonic()
 
-    # then the worker stops the command (it can no longer prove it holds the instance), and reports nothing
+    # then the worker stops the command before Data Pipeline could hand the attempt out again, and reports nothing
     wait_for(lambda: not alive(pid), timeout=30, what="the command to be stopped")
-    assert time.monotonic() - stopped_at >= 2.0  # not before the fencing deadline (TTL - 2 s after the last renewal)
+    print(f"command stopped {time.monotonic() - cut_at:.1f} s after heartbeats began failing (deadline 12 s)")
     logged(stack.workers[0], "fenced worker_group=fb", "fenced: cannot renew running lease", timeout=30)
     assert stack.counters("SetTaskStatus") == reports_before
     assert instance(stack.dp, pipeline, "CutOff")["@status"] == "RUNNING"
+    stack.emulator.admin("faults", {"faultRate": []})
     stack.redis.start()  # so that the worker and the bridge can stop gracefully

@@ -17,7 +17,7 @@ import redis
 
 from bridge.cli import EXIT_OK
 from tests.integration.bridge_stack import Stack, attempts, logged, run_pipeline, wait_final
-from tests.support import advertise_slots, shell_activity, wait_for
+from tests.support import advertise_slots, bridge_start, shell_activity, wait_for
 
 GROUP = "tk"
 FAST = {
@@ -181,3 +181,18 @@ def test_shutdown_with_a_live_peer_hands_queued_tasks_over(stack: Stack) -> None
     stack.worker(f"dp.{GROUP}")
     assert wait_final(stack.dp, pipeline, "HandOver")["@status"] == "FINISHED"
     assert starts(log) == ["ran"]
+
+
+def test_start_up_rides_out_a_service_answering_500_for_a_while(stack: Stack) -> None:
+    # given a service that answers every ReportTaskRunnerHeartbeat with a 500 for now
+    stack.emulator.admin("faults", {"faultRate": ["ReportTaskRunnerHeartbeat=1"]})
+    proc = bridge_start(stack.env, GROUP)
+    proc.ready_text = None
+    stack.processes.append(proc)
+    proc.start()
+    logged(proc, "start-up heartbeat failed (InternalServiceError)")
+
+    # when the service recovers, then the bridge starts polling instead of exiting with a configuration error
+    stack.emulator.admin("faults", {"faultRate": []})
+    logged(proc, f"polling worker_group={GROUP}")
+    assert proc.proc is not None and proc.proc.poll() is None
