@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # so its shared stack is started once).
 PARALLEL ?= -n 4 --dist loadfile
 
-.PHONY: install demo test unit integration lint typecheck bench emulator clean
+.PHONY: install demo test chaos unit integration lint typecheck bench emulator clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ demo: install ## Run the main job: the demo on the local Data Pipeline service
 
 test: install lint typecheck ## Lint, type-check, unit and integration tests (< 10 minutes)
 	$(BIN)/pytest tests/unit tests/integration $(PARALLEL) $(PYTEST_ARGS)
+
+CHAOS_PARALLEL ?= -n 2 --dist loadfile
+
+chaos: install ## The chaos suite: crashes, restarts and faults in real multi-process runs (< 20 minutes)
+	$(BIN)/pytest tests/chaos $(CHAOS_PARALLEL) $(PYTEST_ARGS)
 
 unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
