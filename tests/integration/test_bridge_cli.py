@@ -115,11 +115,19 @@ def test_an_endpoint_where_nothing_listens_is_a_config_error(redis_url: str) -> 
     assert_refused(result, EXIT_CONFIG, "cannot reach Data Pipeline", endpoint)
 
 
-def test_an_endpoint_that_fails_is_refused_after_one_call(redis_url: str, failing_endpoint: str) -> None:
+def test_an_endpoint_that_keeps_failing_is_refused_after_the_bridges_own_retries(
+    redis_url: str, failing_endpoint: str
+) -> None:
     # given an endpoint that answers every call with InternalServiceError
     # when the bridge starts
     result = bridge_start("--broker-url", redis_url, "--endpoint-url", failing_endpoint)
 
-    # then it says so after one ReportTaskRunnerHeartbeat: botocore did not retry behind the bridge's back
-    assert_refused(result, EXIT_CONFIG, "cannot reach Data Pipeline", "InternalServiceError")
-    assert Failing.calls == 1
+    # then it retries the start-up heartbeat for a while (saying so each time), then says it cannot reach it
+    lines = result.stderr.strip().splitlines()
+    retries = [line for line in lines if "start-up heartbeat failed (InternalServiceError)" in line]
+    assert result.returncode == EXIT_CONFIG, result.stderr
+    assert lines[-1].startswith("bridge: cannot reach Data Pipeline"), result.stderr
+    assert "InternalServiceError" in lines[-1]
+    assert len(lines) == len(retries) + 1 and retries, result.stderr
+    # and each call the service saw is one the bridge made and logged: botocore never retried behind its back
+    assert Failing.calls == len(retries) + 1
