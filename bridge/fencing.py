@@ -14,6 +14,7 @@ the task polls.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -27,24 +28,29 @@ RUN_PREFIX = f"{PREFIX}:run"
 SOCKET_TIMEOUT_S = 1.0
 CANCEL_PREFIX = f"{PREFIX}:cancel"
 
-# KEYS[1] lease. ARGV: epoch, worker id, now, ttl ms, task key, run-lock prefix.
-# The lock key is built from the lease's own fields, so the lock always follows the lease record.
+# KEYS[1] lease. ARGV: epoch, worker id, now, ttl ms, task key, run-lock prefix, token.
+# The lock key is built from the lease's own fields, so the lock always follows the lease record. The token names
+# one execution (task key, epoch and a random id), so two workers can never share a lock, even for one epoch.
+# Taking again with the same token is a no-op success (a take whose reply was lost is retried safely).
 _TAKE = """
 local cur = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'pipeline_id', 'instance_id', 'attempt_id')
 if not cur[1] then return {'stale', '', '0', '', -2, ''} end
-if cur[1] ~= 'queued' or cur[2] ~= ARGV[1] then return {'stale', cur[1], cur[2] or '0', '', -2, ''} end
 local instance = cur[4]
 if (not instance) or instance == '' then instance = cur[5] end
 if (not instance) or instance == '' then instance = ARGV[5] end
 local lock = ARGV[6] .. ':' .. (cur[3] or '') .. ':' .. instance
-local token = ARGV[5] .. ':' .. ARGV[1]
+local token = ARGV[7]
 local holder = redis.call('GET', lock)
+if cur[1] == 'running' and cur[2] == ARGV[1] and holder == token then
+  return {'ok', 'running', cur[2], token, tonumber(ARGV[4]), lock}
+end
+if cur[1] ~= 'queued' or cur[2] ~= ARGV[1] then return {'stale', cur[1], cur[2] or '0', '', -2, ''} end
 if holder and holder ~= token then
   return {'blocked', cur[1], cur[2], holder, redis.call('PTTL', lock), lock}
 end
 redis.call('SET', lock, token, 'PX', ARGV[4])
 redis.call('HSET', KEYS[1], 'state', 'running', 'heartbeat_owner', ARGV[2], 'started_at', ARGV[3],
-  'updated_at', ARGV[3], 'run_lock', lock)
+  'updated_at', ARGV[3], 'run_lock', lock, 'run_token', token)
 return {'ok', 'running', cur[2], token, tonumber(ARGV[4]), lock}
 """
 
@@ -81,9 +87,9 @@ def cancel_key(task_key: str) -> str:
     return f"{CANCEL_PREFIX}:{task_key}"
 
 
-def lock_token(task_key: str, epoch: int) -> str:
-    """What a running lock holds: the hand-out that runs, ``<task_key>:<epoch>``."""
-    return f"{task_key}:{epoch}"
+def lock_token(task_key: str, epoch: int, execution: str | None = None) -> str:
+    """What a running lock holds: one execution of a hand-out, ``<task_key>:<epoch>:<execution id>``."""
+    return f"{task_key}:{epoch}:{execution or uuid.uuid4().hex[:12]}"
 
 
 def request_cancel(client: redis.Redis, task_key: str, reason: str, ttl_s: float) -> None:
@@ -115,10 +121,8 @@ class RunningLock:
     task_key: str
     epoch: int
     key: str
-
-    @property
-    def token(self) -> str:
-        return lock_token(self.task_key, self.epoch)
+    #: This execution's id in the lock: ``<task_key>:<epoch>:<random>``.
+    token: str
 
 
 @dataclass(frozen=True)
@@ -209,7 +213,14 @@ class Fence:
         return cls(client)
 
     def take_running(
-        self, task_key: str, epoch: int, worker_id: str, running_ttl_s: float, *, started_at: float | None = None
+        self,
+        task_key: str,
+        epoch: int,
+        worker_id: str,
+        running_ttl_s: float,
+        *,
+        started_at: float | None = None,
+        token: str | None = None,
     ) -> TakeResult:
         """Win ``queued -> running`` (epoch ``epoch``) and the instance's running lock, both or neither.
 
@@ -218,7 +229,8 @@ class Fence:
         for ``running_ttl_s``.
         """
         now = time.time() if started_at is None else started_at
-        args = [str(epoch), worker_id, repr(now), str(_ms(running_ttl_s)), task_key, RUN_PREFIX]
+        token = token or lock_token(task_key, epoch)
+        args = [str(epoch), worker_id, repr(now), str(_ms(running_ttl_s)), task_key, RUN_PREFIX, token]
         try:
             status, state, cur_epoch, holder, ttl_ms, key = self._take(keys=[LeaseStore.lease_key(task_key)], args=args)
         except redis.RedisError as exc:
@@ -230,7 +242,7 @@ class Fence:
             epoch=int(cur_epoch or 0),
             holder=str(holder) if taken == TakeStatus.BLOCKED else "",
             holder_ttl_s=max(0.0, int(ttl_ms) / 1000.0),
-            lock=RunningLock(task_key, epoch, str(key)) if taken == TakeStatus.OK else None,
+            lock=RunningLock(task_key, epoch, str(key), token) if taken == TakeStatus.OK else None,
         )
 
     def renew(self, lock: RunningLock, running_ttl_s: float, *, last_beat: float | None = None) -> RenewResult:

@@ -40,6 +40,8 @@ ACK_LIMIT_S = 120.0
 #: Extra time past a deadline before a silent lease is declared lost (clock skew between hosts).
 LOST_GRACE_S = 5.0
 CANCEL_KEY_TTL_S = 3600
+#: While Redis is down, how often the keeper tries it again (in between it works from memory only).
+REDIS_PROBE_S = 2.0
 #: After Redis comes back, how long the sweep waits before writing off silent leases (their owners catch up).
 RECONNECT_GRACE_S = 15.0
 
@@ -109,6 +111,7 @@ class Held:
             republished=lease.republished,
             outcome=outcome,
             final_state=LeaseState(outcome.get("final_state", "done")) if outcome else LeaseState.DONE,
+            maybe_delivered=bool(outcome and outcome.get("maybe_delivered")),
         )
 
     def message(self) -> TaskMessage:
@@ -186,23 +189,31 @@ class Keeper:
         self._held: dict[str, Held] = {}
         self._redis_down_since: float | None = None
         self._redis_back_at: float | None = None
+        self._next_redis_probe = 0.0
         self._last_sweep = 0.0
         self._last_stretch_log = 0.0
 
     # -- the poller's side ----------------------------------------------------------------------------
 
     def track(self, held: Held) -> None:
-        """Start keeping a lease (the poller calls this right after writing it)."""
+        """Start keeping a lease (the poller calls this right after writing it; it replaces an older copy)."""
         with self._lock:
             self._held[held.task_key] = held
+
+    def track_if_absent(self, held: Held) -> bool:
+        """Keep a lease found in Redis unless a copy is already kept (the poller's wins); whether it was added."""
+        with self._lock:
+            return self._held.setdefault(held.task_key, held) is held
 
     def get(self, task_key: str) -> Held | None:
         with self._lock:
             return self._held.get(task_key)
 
-    def forget(self, task_key: str) -> None:
+    def forget(self, task_key: str, held: Held | None = None) -> None:
+        """Stop keeping ``task_key`` (only if its copy is still ``held``, when given: not a newer hand-out's)."""
         with self._lock:
-            self._held.pop(task_key, None)
+            if held is None or self._held.get(task_key) is held:
+                self._held.pop(task_key, None)
 
     def held(self) -> list[Held]:
         with self._lock:
@@ -231,22 +242,29 @@ class Keeper:
             self.stopping.wait(KEEPER_TICK_S)
 
     def tick(self) -> None:
-        """One round: reconcile with Redis, sweep led groups, beat what is due, move leases on."""
-        self.reconcile()
+        """One round: beat what is due (first: it must not wait on Redis), reconcile with Redis, sweep led
+        groups, then move each lease on. One lease's trouble never stops the others."""
+        self.beat_due()
+        if self._redis_down_since is None or time.monotonic() >= self._next_redis_probe:
+            self.reconcile()
         now = time.time()
-        if now - self._last_sweep >= 1.0:
+        if now - self._last_sweep >= 1.0 and self._redis_down_since is None:
             self._last_sweep = now
             for group in self.worker_groups:
                 if self.is_leader(group):
                     self.sweep(group)
-        self.beat_due()
         for held in self.held():
-            if held.state == LeaseState.REPORTING:
-                self.deliver(held)
-            elif not held.dispatching:
-                self.advance(held)
-            else:
-                self.enforce_wait(held)
+            try:
+                if held.state == LeaseState.REPORTING:
+                    self.deliver(held)
+                elif not held.dispatching:
+                    self.advance(held)
+                else:
+                    self.enforce_wait(held)
+            except BrokerError as exc:
+                self._redis_down(exc)
+            except Exception:  # a bug with one lease must not stall the rest
+                log.critical("keeper error on task_key=%s", held.task_key, exc_info=True)
 
     def _redis_ok(self) -> None:
         if self._redis_down_since is not None:
@@ -258,6 +276,7 @@ class Keeper:
                     self._record(held, last_beat=held.last_beat, next_beat=held.next_beat)
 
     def _redis_down(self, exc: Exception) -> None:
+        self._next_redis_probe = time.monotonic() + REDIS_PROBE_S
         if self._redis_down_since is None:
             self._redis_down_since = time.time()
             log.warning("keeper cannot reach Redis (%s); heartbeating %d lease(s) from memory", exc, len(self._held))
@@ -287,23 +306,27 @@ class Keeper:
                 continue
             lease = found
             if lease.owner != self.owner or lease.epoch > held.epoch:
-                self.forget(held.task_key)  # a peer adopted it, or Data Pipeline handed it out again
+                self.forget(held.task_key, held)  # a peer adopted it, or Data Pipeline handed it out again
             elif lease.heartbeat_owner != POLLER or lease.state not in (
                 LeaseState.CLAIMED,
                 LeaseState.QUEUED,
                 LeaseState.REPORTING,
             ):
-                self.forget(held.task_key)  # a worker runs it now
+                self.forget(held.task_key, held)  # a worker runs it now
+            elif lease.state == LeaseState.REPORTING and held.state != LeaseState.REPORTING and not held.dispatching:
+                # A worker took it and handed its outcome back between two looks: deliver that outcome.
+                log.info("delivering the outcome of task_key=%s for its worker", lease.task_key)
+                self.forget(held.task_key, held)
+                self.track_if_absent(Held.from_lease(lease))
         for lease in current.values():
-            if (
-                lease.owner == self.owner
-                and lease.heartbeat_owner == POLLER
-                and lease.task_key not in self._held
-                and lease.state in (LeaseState.CLAIMED, LeaseState.QUEUED, LeaseState.REPORTING)
-            ):
-                if lease.state == LeaseState.REPORTING:
-                    log.info("delivering the outcome of task_key=%s for its worker", lease.task_key)
-                self.track(Held.from_lease(lease))
+            if lease.owner != self.owner or lease.heartbeat_owner != POLLER:
+                continue
+            # An unacknowledged claim is the poller's, in the middle of its claim sequence.
+            keepable = lease.state in (LeaseState.QUEUED, LeaseState.REPORTING) or (
+                lease.state == LeaseState.CLAIMED and lease.acked
+            )
+            if keepable and self.track_if_absent(Held.from_lease(lease)) and lease.state == LeaseState.REPORTING:
+                log.info("delivering the outcome of task_key=%s for its worker", lease.task_key)
 
     def _recreate(self, held: Held) -> None:
         """Our lease vanished from Redis (restarted without persistence): write it again and re-publish."""
@@ -412,7 +435,7 @@ class Keeper:
 
     def _end(self, held: Held, state: LeaseState, reason: str) -> None:
         """End a lease we hold; if a worker took it meanwhile, relay the news through its cancel key."""
-        self.forget(held.task_key)
+        self.forget(held.task_key, held)
         if state == LeaseState.LOST:
             self.stats.lost += 1
         try:
@@ -455,7 +478,7 @@ class Keeper:
                 held.next_try = now + 1.0
                 return
             if not result.ok:
-                self.forget(held.task_key)
+                self.forget(held.task_key, held)
                 return
             held.state = LeaseState.QUEUED
             held.queued_at = now
@@ -490,7 +513,7 @@ class Keeper:
         except BrokerError:
             return
         if not epoch:
-            self.forget(held.task_key)
+            self.forget(held.task_key, held)
             return
         log.warning(
             "not started worker_group=%s task_key=%s after %.0f s; re-publishing with epoch %d",
@@ -547,7 +570,7 @@ class Keeper:
             log.warning("cannot record the outcome of task_key=%s: %s; retrying", held.task_key, exc)
             return False
         if not result.ok:
-            self.forget(held.task_key)
+            self.forget(held.task_key, held)
             return False
         log.warning("failing worker_group=%s task_key=%s %s: %s", held.worker_group, held.task_key, error_id, message)
         self.stats.by_reason[error_id] = self.stats.by_reason.get(error_id, 0) + 1
@@ -564,7 +587,7 @@ class Keeper:
         """One SetTaskStatus attempt for a recorded outcome (retried next ticks, beating meanwhile)."""
         outcome = held.outcome
         if outcome is None:
-            self.forget(held.task_key)
+            self.forget(held.task_key, held)
             return
         if held.next_try > time.time():
             return
@@ -584,6 +607,10 @@ class Keeper:
                 self._end(held, LeaseState.LOST, f"lost: {exc.code}")
             return
         except RemoteError as exc:
+            if not exc.retryable:  # refused as invalid, or credentials: retrying forever would rot the lease
+                log.error("SetTaskStatus refused for task_key=%s: %s; giving the outcome up", held.task_key, exc)
+                self._end(held, LeaseState.LOST, f"lost: outcome refused ({exc.code})")
+                return
             held.maybe_delivered = held.maybe_delivered or isinstance(exc, Unavailable)
             held.failures += 1
             held.next_try = time.time() + backoff_s(held.failures, 1.0, 30.0)
@@ -592,7 +619,7 @@ class Keeper:
         self._delivered(held)
 
     def _delivered(self, held: Held) -> None:
-        self.forget(held.task_key)
+        self.forget(held.task_key, held)
         self.stats.delivered += 1
         outcome = held.outcome or {}
         log.info("reported task_key=%s %s %s", held.task_key, outcome.get("status"), outcome.get("error_id") or "")
@@ -618,19 +645,32 @@ class Keeper:
         for lease in leases:
             if lease.task_key in self._held:
                 continue  # this process beats it (from memory if need be)
+            if lease.heartbeat_owner == POLLER:
+                # A bridge process beats it, from memory if Redis was away: never written off from Redis's
+                # timestamps. Its owner keeps it while alive; else this process adopts it, and the first
+                # heartbeat tells whether Data Pipeline still knows the task.
+                if lease.owner == self.owner:
+                    continue
+                if lease.owner not in alive:
+                    try:
+                        alive[lease.owner] = self.is_alive(lease.owner)
+                    except BrokerError:
+                        return
+                if not alive[lease.owner]:
+                    self._adopt(lease)
+                continue
+            # A worker beats it: written off once silent past its deadline with its instance lock expired.
             if settled and self._stale(lease, now) and not self._worker_alive(lease):
                 self._lose(lease, now)
                 continue
-            if lease.owner == self.owner:
-                continue
-            if lease.owner not in alive:
-                try:
-                    alive[lease.owner] = self.is_alive(lease.owner)
-                except BrokerError:
-                    return
-            if alive[lease.owner]:
-                continue
-            self._adopt(lease)
+            if lease.owner != self.owner and not alive.setdefault(lease.owner, self._alive_or_true(lease.owner)):
+                self._adopt(lease)  # (so the lease names a live bridge process)
+
+    def _alive_or_true(self, owner: str) -> bool:
+        try:
+            return self.is_alive(owner)
+        except BrokerError:
+            return True
 
     def _worker_alive(self, lease: Lease) -> bool:
         """Whether a worker still renews this lease's instance lock (liveness per task)."""
@@ -691,12 +731,13 @@ class Keeper:
 
     # -- shutdown -----------------------------------------------------------------------------------------
 
-    def fail_unstarted(self, error_id: str = "BridgeShutdown") -> int:
-        """Fail every lease no worker has taken, so Data Pipeline retries it promptly; returns how many."""
+    def fail_unstarted(self, error_id: str = "BridgeShutdown", groups: set[str] | None = None) -> int:
+        """Fail every lease (of ``groups``) no worker has taken, so Data Pipeline retries it promptly; how many."""
         count = 0
         for held in self.held():
             if (
-                held.state in (LeaseState.CLAIMED, LeaseState.QUEUED)
+                (groups is None or held.worker_group in groups)
+                and held.state in (LeaseState.CLAIMED, LeaseState.QUEUED)
                 and held.acked
                 and self.fail(held, error_id, "the bridge shut down before a worker started this task")
             ):
@@ -707,7 +748,9 @@ class Keeper:
     def deliver_all(self, timeout_s: float) -> int:
         """Keep delivering recorded outcomes (and beating them) for up to ``timeout_s``; returns what is left."""
         deadline = time.monotonic() + timeout_s
+        self.reconcile()  # (outcomes a worker handed over since the last tick)
         while self.undelivered() and time.monotonic() < deadline:
+            self.reconcile()
             self.beat_due()
             for held in self.held():
                 if held.state == LeaseState.REPORTING:

@@ -283,6 +283,7 @@ class Leadership:
         self.on_lost = on_lost
         self.stopping = threading.Event()
         self._stepped_down = threading.Event()
+        self._tend_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._next_beat = 0.0
         self._liveness_down = False
@@ -337,13 +338,18 @@ class Leadership:
             self._beat()
             self._next_beat = now + self.liveness.ttl_s / 3
         waits.append(self._next_beat - now)
-        if not self._stepped_down.is_set():
-            waits += [self._tend(group, state) for group, state in self.groups.items()]
+        with self._tend_lock:  # (step_down must not race a renewal or an acquisition in flight)
+            if not self._stepped_down.is_set():
+                waits += [self._tend(group, state) for group, state in self.groups.items()]
         return max(0.01, min(waits))
 
     def step_down(self) -> None:
         """Release every lock now and stop contending, keeping liveness (the drain that follows still owns leases)."""
         self._stepped_down.set()
+        with self._tend_lock:
+            self._release_all()
+
+    def _release_all(self) -> None:
         for group, state in self.groups.items():
             held = state.leader.is_set()
             state.leader.clear()

@@ -13,6 +13,7 @@ two processes can never both win the same transition. Terminal records expire af
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -20,10 +21,12 @@ from enum import StrEnum
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from bridge.errors import BrokerError, ConfigError
+
+log = logging.getLogger(__name__)
 
 PREFIX = "dpb"
 TERMINAL_TTL_S = 86400
@@ -201,14 +204,33 @@ class LeaseStore:
             client = redis.Redis.from_url(
                 url,
                 decode_responses=True,
-                socket_timeout=10,
+                socket_timeout=2,
                 socket_connect_timeout=2,
                 health_check_interval=30,
-                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 1),
             )
         except ValueError as exc:
             raise ConfigError(f"bad Redis URL {url!r}: {exc}") from exc
         return cls(client)
+
+    @staticmethod
+    def fast_client(url: str, timeout_s: float = 0.5) -> redis.Redis:
+        """A client that gives up within ``timeout_s`` and never retries: for callers that must not wait on
+        Redis (the API budget on the heartbeat and SetTaskStatus path falls back to a local bucket instead).
+
+        Raises:
+            ConfigError: ``url`` does not parse.
+        """
+        try:
+            return redis.Redis.from_url(
+                url,
+                decode_responses=True,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                retry=Retry(NoBackoff(), 0),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"bad Redis URL {url!r}: {exc}") from exc
 
     @staticmethod
     def lease_key(task_key: str) -> str:
@@ -331,7 +353,10 @@ class LeaseStore:
             leases = []
             for key, data in zip(keys, rows, strict=True):
                 if data:
-                    leases.append(Lease.from_hash(key, data))
+                    try:
+                        leases.append(Lease.from_hash(key, data))
+                    except (ValueError, KeyError) as exc:  # e.g. written by a newer version mid-upgrade
+                        log.error("unreadable lease record %s skipped: %r", key, exc)
                 else:
                     self.redis.zrem(self.inflight_key(worker_group), key)
                     self.redis.zrem(ALL_INFLIGHT_KEY, key)

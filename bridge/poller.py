@@ -14,7 +14,7 @@ from typing import Protocol, TypeVar
 from bridge.admission import reservation_key
 from bridge.api import TaskApi
 from bridge.errors import BrokerError, InvalidTask, RemoteError, TaskGone
-from bridge.keeper import POLLER, Held, Keeper
+from bridge.keeper import POLLER, Budget, Held, Keeper
 from bridge.leases import LeaseState, LeaseStore
 from bridge.masking import SECRETS
 from bridge.messages import TaskMessage, argsrepr
@@ -93,8 +93,10 @@ class Poller:
         keeper: Keeper | None = None,
         gate: Gate | None = None,
         is_leader: Callable[[str], bool] = lambda group: True,
+        budget: Budget | None = None,
     ) -> None:
         self.settings = settings
+        self.budget = budget
         self.worker_group = worker_group
         self.api = api
         self.leases = leases
@@ -120,6 +122,10 @@ class Poller:
             try:
                 if not self.is_leader(self.worker_group):
                     self.stopping.wait(0.2)
+                    continue
+                if self.budget is not None and self.budget.pressure("ReportTaskProgress"):
+                    # Its acknowledgement could not get a token now: leave the budget to the leases held.
+                    self.stopping.wait(0.5)
                     continue
                 if not self._broker_ok():
                     self.stopping.wait(1.0)

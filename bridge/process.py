@@ -11,12 +11,14 @@ import time
 import uuid
 from collections.abc import Callable
 
+import redis
+
 from bridge.admission import Admission, budget_cap
 from bridge.api import Boto3TaskApi, TaskApi
 from bridge.errors import AuthError, BrokerError, ConfigError, RemoteError, Throttled, Unavailable
 from bridge.keeper import Keeper, RunnerHeartbeat, beat_margin_s
 from bridge.leadership import Leadership, Liveness
-from bridge.leases import LeaseStore
+from bridge.leases import LeaseState, LeaseStore
 from bridge.poller import Poller
 from bridge.publisher import Publisher
 from bridge.ratelimit import BudgetPressure, RateLimitedApi, build_limiter
@@ -55,7 +57,8 @@ class BridgeProcess:
         self.settings = settings
         self.owner = process_identity(settings.hostname or socket.gethostname())
         self.leases = leases or LeaseStore.from_url(settings.redis_url)
-        self.limiter = build_limiter(settings, self.leases.redis)
+        # The budget has its own quick client: a hung Redis must not hold up heartbeats or SetTaskStatus.
+        self.limiter = build_limiter(settings, LeaseStore.fast_client(settings.redis_url))
         self.api = RateLimitedApi(api or Boto3TaskApi(settings.endpoint_url, settings.region), self.limiter)
         self.publisher = publisher or Publisher(settings.broker_url)
         self.leadership = Leadership(
@@ -68,12 +71,13 @@ class BridgeProcess:
         )
         self.admission = Admission(self.leases.redis, settings)
         progress_rate = self.limiter.rate("ReportTaskProgress")
-        if self.settings.rate_limit and progress_rate > 0:
+        if progress_rate > 0:  # (with --no-rate-limit too: what the account's budget keeps alive stays the bound)
             deadline = settings.progress_deadline_s
             # With heartbeats stretched to one per (deadline - margin), what the budget keeps alive.
             self.admission.set_budget_cap(
                 budget_cap(progress_rate, deadline, deadline / (deadline - beat_margin_s(deadline)))
             )
+        self.pressure = BudgetPressure(self.limiter) if settings.rate_limit else None
         self.keeper = Keeper(
             settings,
             self.api,
@@ -82,8 +86,8 @@ class BridgeProcess:
             self.publisher,
             is_leader=self.leadership.is_leader,
             is_alive=lambda owner: Liveness.is_alive(self.leases.redis, owner),
-            has_consumer=lambda queue: self.admission.slots.consumers(queue) > 0,
-            budget=BudgetPressure(self.limiter) if settings.rate_limit else None,
+            has_consumer=self._has_consumer,
+            budget=self.pressure,
         )
         self.pollers = [
             Poller(
@@ -96,6 +100,7 @@ class BridgeProcess:
                 keeper=self.keeper,
                 gate=self.admission,
                 is_leader=self.leadership.is_leader,
+                budget=self.pressure,
             )
             for group in settings.worker_groups
         ]
@@ -110,6 +115,13 @@ class BridgeProcess:
         self._threads: list[threading.Thread] = []
         self._stop_requested = threading.Event()
         self._stopped = threading.Event()
+
+    def _has_consumer(self, queue: str) -> bool:
+        """Whether a live worker consumes ``queue`` (unknown while Redis is down: then assume one does)."""
+        try:
+            return self.admission.slots.consumers(queue) > 0
+        except BrokerError:
+            return True
 
     def check(self) -> None:
         """Fail fast on what would make every poll fail.
@@ -194,22 +206,25 @@ class BridgeProcess:
         self.leadership.step_down()
         last_log = 0.0
         while time.monotonic() < deadline:
-            pending = self.keeper.pending()
-            if pending == 0:
+            waiting = self.keeper.pending()
+            if waiting == 0:
                 break
             if time.monotonic() - last_log >= 5:
                 last_log = time.monotonic()
-                log.info("draining: %d queued task(s) not yet started by a worker", pending)
+                log.info("draining: %d queued task(s) not yet started by a worker", waiting)
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
         # 3. What no worker took: a live peer adopts it once our liveness key is gone, else it ends FAILED
         #    BridgeShutdown so Data Pipeline retries it promptly.
-        pending = self.keeper.pending()
+        pending = [h for h in self.keeper.held() if h.state in (LeaseState.CLAIMED, LeaseState.QUEUED)]
         if pending:
             peers = self._peers()
-            if peers:
-                log.info("handing %d queued task(s) to live bridge process(es) %s", pending, ", ".join(peers))
-            else:
-                failed = self.keeper.fail_unstarted("BridgeShutdown")
+            orphaned = {h.worker_group for h in pending} - {g for g, owners in peers.items() if owners}
+            handed = [h for h in pending if h.worker_group not in orphaned]
+            if handed:
+                names = sorted({o for owners in peers.values() for o in owners})
+                log.info("handing %d queued task(s) to live bridge process(es) %s", len(handed), ", ".join(names))
+            if orphaned:
+                failed = self.keeper.fail_unstarted("BridgeShutdown", orphaned)
                 log.warning("failed %d queued task(s) BridgeShutdown: no live bridge process to take them", failed)
         # 4. Deliver outcomes still held (bounded), then stop beating and close.
         self.keeper.stop()
@@ -228,20 +243,17 @@ class BridgeProcess:
         self._stopped.set()
         log.info("bridge stopped")
 
-    def _peers(self) -> list[str]:
-        """Other live bridge processes serving any of this process's groups."""
+    def _peers(self) -> dict[str, list[str]]:
+        """Per group of this process, the other live bridge processes serving it."""
+        peers: dict[str, list[str]] = {group: [] for group in self.settings.worker_groups}
         try:
-            owners = [o for o in Liveness.live_owners(self.leases.redis) if o != self.owner]
-            peers = []
-            for owner in owners:
+            for owner in Liveness.live_owners(self.leases.redis):
+                if owner == self.owner:
+                    continue
                 raw = self.leases.redis.get(Liveness.alive_key(owner))
-                groups = set(json.loads(raw).get("worker_groups", [])) if raw else set()
-                if groups & set(self.settings.worker_groups):
-                    peers.append(owner)
-            return peers
-        except (BrokerError, ValueError, OSError) as exc:
+                for group in json.loads(raw).get("worker_groups", []) if raw else []:
+                    if group in peers:
+                        peers[group].append(owner)
+        except (BrokerError, ValueError, redis.RedisError) as exc:
             log.warning("cannot look for peers: %s", exc)
-            return []
-        except Exception as exc:  # redis errors from the raw get
-            log.warning("cannot look for peers: %s", exc)
-            return []
+        return peers

@@ -61,7 +61,7 @@ def runtime(pid: int) -> Runtime:
     settings = Settings.from_env()
     leases = LeaseStore.from_url(settings.redis_url)
     # Every call a worker makes takes a token from the fleet's shared API budget.
-    limiter = build_limiter(settings, leases.redis)
+    limiter = build_limiter(settings, LeaseStore.fast_client(settings.redis_url))
     return Runtime(
         settings=settings,
         api=RateLimitedApi(Boto3TaskApi(settings.endpoint_url, settings.region), limiter),

@@ -23,7 +23,7 @@ from bridge.errors import (
     Unavailable,
     UnsupportedActivity,
 )
-from bridge.fencing import Fence, RunningLock, TakeStatus
+from bridge.fencing import Fence, RunningLock, TakeStatus, lock_token
 from bridge.keeper import POLLER, Budget
 from bridge.leases import LeaseState, LeaseStore, TransitionResult
 from bridge.masking import SECRETS
@@ -43,6 +43,8 @@ MESSAGE_LIMIT = 10240
 STACK_LIMIT = 1024
 #: How often a worker whose instance is held by another attempt looks again.
 BLOCKED_POLL_S = 0.5
+#: How long a take is retried through a Redis blip before the message goes back to the queue.
+TAKE_RETRY_S = 3.0
 #: Set once this worker process begins a warm shutdown (Celery's ``worker_shutting_down``): process-wide, so a
 #: task still reporting hands its outcome to the bridge keeper instead of retrying on. Best effort: prefork pool
 #: children do not see the parent's signal.
@@ -113,6 +115,8 @@ class Execution:
     ) -> None:
         self.rt = runtime
         self.body = body
+        #: A SetTaskStatus of this execution failed in transport: it may have landed.
+        self.may_have_landed = False
         self.handlers = handlers
         self.fence = runtime.fence if runtime.fence is not None else Fence(runtime.leases.redis)
 
@@ -150,11 +154,18 @@ class Execution:
         """
         ttl_s = self.rt.settings.running_ttl_s
         give_up_at: float | None = None
+        # One token for every try: a take that ran but whose reply was lost is recognised as ours when retried.
+        token = lock_token(message.task_key, message.epoch)
+        unreachable_since: float | None = None
         while True:
             attempt_at = time.monotonic()
             try:
-                result = self.fence.take_running(message.task_key, message.epoch, self.rt.worker_id, ttl_s)
+                result = self.fence.take_running(message.task_key, message.epoch, self.rt.worker_id, ttl_s, token=token)
             except BrokerError as exc:
+                unreachable_since = unreachable_since or attempt_at
+                if attempt_at - unreachable_since < TAKE_RETRY_S:
+                    time.sleep(0.5)
+                    continue
                 log.warning("cannot take lease task_key=%s: %s; returning the message", message.task_key, exc)
                 raise LeaseStoreDown(str(exc)) from exc
             if result.ok and result.lock is not None:
@@ -371,7 +382,7 @@ class Execution:
         counts as delivered. On the first call it means the task was lost before its outcome arrived.
         """
         deadline = time.monotonic() + self.rt.settings.report_timeout_s
-        may_have_landed = False
+        self.may_have_landed = False
         attempt = 0
         while True:
             if guard.superseded:
@@ -380,7 +391,7 @@ class Execution:
                 self.rt.api.set_task_status(task.task_id, str(outcome.status), outcome.error_id, error_message, stack)
                 return Delivery.DELIVERED
             except TaskGone as exc:
-                if may_have_landed:
+                if self.may_have_landed:
                     log.info(
                         "SetTaskStatus task_key=%s: %s after a transport error; the earlier call landed, counted as "
                         "delivered",
@@ -394,7 +405,7 @@ class Execution:
                 if not exc.retryable:
                     log.error("could not report task_key=%s: %s", task.key, exc)
                     return Delivery.REFUSED
-                may_have_landed = may_have_landed or isinstance(exc, Unavailable)
+                self.may_have_landed = self.may_have_landed or isinstance(exc, Unavailable)
                 wait = backoff_s(attempt)
                 attempt += 1
                 if SHUTTING_DOWN.is_set() or time.monotonic() + wait > deadline:
@@ -418,7 +429,8 @@ class Execution:
                 LeaseState.REPORTING,
                 epoch=message.epoch,
                 fields={
-                    "outcome": dict(record),
+                    # An earlier SetTaskStatus may have landed: the keeper then counts TaskNotFound as delivered.
+                    "outcome": {**record, "maybe_delivered": self.may_have_landed},
                     "heartbeat_owner": KEEPER_OWNER,
                     "handed_off_at": now,
                     "next_beat": now,

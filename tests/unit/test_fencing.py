@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from bridge.errors import TaskGone, Unavailable
-from bridge.fencing import Fence, RunningLock, TakeStatus, cancel_key, request_cancel, run_lock_key
+from bridge.fencing import Fence, RunningLock, TakeStatus, cancel_key, lock_token, request_cancel, run_lock_key
 from bridge.leases import LeaseState, LeaseStore
 from bridge.messages import TaskMessage
 from bridge.settings import Settings
@@ -83,9 +83,11 @@ def test_taking_a_queued_lease_runs_it_and_locks_its_instance(store: LeaseStore,
     result = fence.take_running("k1", epoch, "worker:1", 15)
     # then the lease runs under that worker and the instance lock holds this hand-out for the TTL
     assert result.status == TakeStatus.OK
-    assert result.lock == RunningLock("k1", epoch, run_lock_key("df-1", "@A_1"))
+    assert result.lock is not None
+    assert (result.lock.task_key, result.lock.epoch, result.lock.key) == ("k1", epoch, run_lock_key("df-1", "@A_1"))
+    assert result.lock.token.startswith(f"k1:{epoch}:")
     assert state_of(store, "k1") == ("running", epoch, "worker:1")
-    assert store.redis.get(run_lock_key("df-1", "@A_1")) == f"k1:{epoch}"
+    assert store.redis.get(run_lock_key("df-1", "@A_1")) == result.lock.token
     assert 0 < int(store.redis.pttl(run_lock_key("df-1", "@A_1"))) <= 15000
 
 
@@ -138,13 +140,14 @@ def test_an_expired_lock_frees_the_instance(store: LeaseStore, fence: Fence) -> 
     # when the TTL passes, then attempt 2 can take it
     result = wait_for(lambda: fence.take_running("k2", epoch2, "worker:2", 15).ok, timeout=5, what="the lock to expire")
     assert result
-    assert store.redis.get(run_lock_key("df-1", "@A_1")) == f"k2:{epoch2}"
+    assert str(store.redis.get(run_lock_key("df-1", "@A_1"))).startswith(f"k2:{epoch2}:")
 
 
-def test_a_lock_already_holding_this_hand_out_does_not_block_it(store: LeaseStore, fence: Fence) -> None:
+def test_a_lock_already_holding_this_execution_does_not_block_it(store: LeaseStore, fence: Fence) -> None:
     epoch = queued(store, "k1")
-    store.redis.set(run_lock_key("df-1", "@A_1"), f"k1:{epoch}", px=5000)
-    assert fence.take_running("k1", epoch, "worker:1", 15).ok
+    token = lock_token("k1", epoch)
+    store.redis.set(run_lock_key("df-1", "@A_1"), token, px=5000)
+    assert fence.take_running("k1", epoch, "worker:1", 15, token=token).ok
 
 
 # -- renew and release ----------------------------------------------------------------------------------
@@ -191,13 +194,13 @@ def test_a_lock_taken_by_another_attempt_supersedes_the_renewal(store: LeaseStor
     # when attempt 1 renews, then it is superseded although its lease is still its own
     result = fence.renew(lock, 15)
     assert result.superseded and result.lease_ours
-    assert result.holder == f"k2:{epoch2}"
-    assert store.redis.get(lock.key) == f"k2:{epoch2}"
+    assert result.holder.startswith(f"k2:{epoch2}:")
+    assert store.redis.get(lock.key) == result.holder
 
 
 def test_release_deletes_only_this_hand_outs_lock(store: LeaseStore, fence: Fence) -> None:
     lock = taken(store, fence)
-    other = RunningLock("k1", lock.epoch + 1, lock.key)
+    other = RunningLock("k1", lock.epoch + 1, lock.key, lock_token("k1", lock.epoch + 1))
     assert not fence.release(other)
     assert store.redis.get(lock.key) == lock.token
     assert fence.release(lock)
@@ -441,3 +444,24 @@ def test_an_unreadable_message_is_failed_only_after_winning_its_lease(store: Lea
     assert Execution(runtime, body, {}).run() == "invalid"
     assert api.calls == ["SetTaskStatus FAILED"]
     assert state_of(store, KEY)[0] == "done"
+
+
+def test_two_workers_never_share_a_lock_even_for_one_epoch(store: LeaseStore, fence: Fence) -> None:
+    # given a lease a worker runs, put back to queued with the same epoch (a record restored from an old snapshot)
+    lock = taken(store, fence)
+    store.redis.hset(LeaseStore.lease_key("k1"), "state", "queued")
+    # when a second worker takes it, then it is blocked by the first execution's lock
+    second = fence.take_running("k1", lock.epoch, "worker:2", 15)
+    assert second.status == TakeStatus.BLOCKED and second.holder == lock.token
+
+
+def test_a_take_retried_with_its_own_token_is_recognised(store: LeaseStore, fence: Fence) -> None:
+    # given a take that ran on the server but whose reply was lost
+    epoch = queued(store, "k1")
+    token = lock_token("k1", epoch)
+    first = fence.take_running("k1", epoch, "worker:1", 15, token=token)
+    # when the worker retries with the same token, then it is ours (not a stale copy)
+    again = fence.take_running("k1", epoch, "worker:1", 15, token=token)
+    assert first.ok and again.ok and again.lock == first.lock
+    # and any other token is refused
+    assert fence.take_running("k1", epoch, "worker:9", 15).status == TakeStatus.STALE
