@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from bridge.api import TaskApi
 from bridge.errors import BrokerError, InvalidTask, RemoteError, TaskGone, Unavailable
 from bridge.fencing import request_cancel
-from bridge.leases import Lease, LeaseState, LeaseStore
+from bridge.leases import Lease, LeaseState, LeaseStore, TransitionResult
 from bridge.messages import TaskMessage, argsrepr
 from bridge.publisher import Publisher
 from bridge.retry import backoff_s
@@ -567,8 +567,10 @@ class Keeper:
                 fields={"outcome": outcome, "heartbeat_owner": POLLER},
             )
         except BrokerError as exc:
-            log.warning("cannot record the outcome of task_key=%s: %s; retrying", held.task_key, exc)
-            return False
+            # Without Redis no worker can take the lease either (taking it is a Redis script): failing it from
+            # memory is safe, and it must not wait (at shutdown there is no later).
+            log.warning("cannot record the outcome of task_key=%s: %s; reporting it anyway", held.task_key, exc)
+            result = TransitionResult(True, str(LeaseState.REPORTING), held.epoch)
         if not result.ok:
             self.forget(held.task_key, held)
             return False

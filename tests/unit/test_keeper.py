@@ -130,3 +130,18 @@ def test_a_copy_found_in_redis_never_replaces_the_pollers_own() -> None:
     # and forgetting an older copy leaves the current one alone
     k.forget("k", Held.from_lease(lease("k", "queued")))
     assert k.get("k") is mine
+
+
+def test_shutdown_fails_queued_tasks_even_while_redis_is_down() -> None:
+    # given a queued lease held in memory, and a lease store that cannot be reached
+    class Down(Store):
+        def transition(self, *a: Any, **kw: Any) -> TransitionResult:
+            raise BrokerError("Redis is unreachable")
+
+    api = Api()
+    k = keeper(api, Down())
+    k.track(Held.from_lease(lease("k", "queued")))
+    # when the bridge shuts down with no peer, then the task still ends FAILED BridgeShutdown at the service
+    assert k.fail_unstarted("BridgeShutdown") == 1
+    assert api.calls == ["status:k:FAILED"]
+    assert k.held() == []
