@@ -43,6 +43,8 @@ ENV: dict[str, tuple[str, ...]] = {
     "api_budget_fraction": ("BRIDGE_API_BUDGET_FRACTION",),
     "local_budget_fraction": ("BRIDGE_LOCAL_BUDGET_FRACTION",),
     "rate_limit": ("BRIDGE_RATE_LIMIT",),
+    "s3_endpoint_url": ("BRIDGE_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"),
+    "rds_endpoints": ("BRIDGE_RDS_ENDPOINTS",),
 }
 
 
@@ -69,6 +71,22 @@ def parse_routes(text: str | Mapping[str, str] | None) -> dict[str, str]:
             raise ConfigError(f"bad route {item!r}: expected ActivityType=queue")
         routes[type_name.strip()] = queue.strip()
     return routes
+
+
+def parse_rds_endpoints(text: str) -> dict[str, str]:
+    """``ID=HOST:PORT[,ID=HOST:PORT...]`` into a mapping.
+
+    Raises:
+        ValueError: an entry without ``=`` or without a ``:port``.
+    """
+    found: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        instance, sep, address = item.partition("=")
+        host, colon, port = address.strip().rpartition(":")
+        if not sep or not instance.strip() or not colon or not host or not port.isdigit():
+            raise ValueError(f"bad RDS endpoint {item!r}: expected instanceId=host:port")
+        found[instance.strip()] = address.strip()
+    return found
 
 
 @dataclass(frozen=True)
@@ -118,6 +136,10 @@ class Settings:
     #: Share of the budget one process uses on its own while Redis (the shared bucket) is unreachable.
     local_budget_fraction: float = 0.25
     rate_limit: bool = True
+    #: S3-compatible storage for workers (scripts, staging, copies, logs); ``None``: AWS, as boto3 finds it.
+    s3_endpoint_url: str | None = None
+    #: ``rdsInstanceId -> host:port`` overrides for RdsDatabase (else RDS DescribeDBInstances).
+    rds_endpoints: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.taskrunner_id:
@@ -221,4 +243,6 @@ def _convert(name: str, raw: str) -> Any:
         return float(raw)
     if name == "routes":
         return parse_routes(raw)
+    if name == "rds_endpoints":
+        return parse_rds_endpoints(raw)
     return raw
