@@ -54,11 +54,12 @@ redis.call('HSET', KEYS[1], 'state', 'running', 'heartbeat_owner', ARGV[2], 'sta
 return {'ok', 'running', cur[2], token, tonumber(ARGV[4]), lock}
 """
 
-# KEYS[1] lease, KEYS[2] lock. ARGV: token, epoch, ttl ms, last_beat ('' for none).
-# Returns {code, state, epoch, holder}: 1 renewed; 0 another hand-out holds the instance lock; -1 the lease has
+# KEYS[1] lease, KEYS[2] lock. ARGV: token, epoch, ttl ms, last_beat ('' for none), worker id.
+# Returns {code, state, epoch, holder}: 1 renewed; 0 another execution holds the instance lock; -1 the lease has
 # another epoch (a newer hand-out). Only those two prove this copy superseded: a record that vanished (Redis
 # restarted without its data) or a lock that expired while Redis was away is taken again, since Data Pipeline,
-# which the task keeps heartbeating, has handed the attempt to no one else.
+# which the task keeps heartbeating, has handed the attempt to no one else. A record the bridge restored as
+# `queued` with this execution's epoch is this execution's: it is set back to running, so no copy takes it.
 _RENEW = """
 local holder = redis.call('GET', KEYS[2]) or ''
 local cur = redis.call('HMGET', KEYS[1], 'state', 'epoch')
@@ -66,6 +67,10 @@ local state, epoch = cur[1] or '', cur[2] or '0'
 if state ~= '' and epoch ~= ARGV[2] then return {-1, state, epoch, holder} end
 if holder ~= '' and holder ~= ARGV[1] then return {0, state, epoch, holder} end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
+if state == 'queued' or state == 'claimed' then
+  redis.call('HSET', KEYS[1], 'state', 'running', 'heartbeat_owner', ARGV[5], 'run_lock', KEYS[2], 'run_token', ARGV[1])
+  state = 'running'
+end
 if ARGV[4] ~= '' and state ~= '' then redis.call('HSET', KEYS[1], 'last_beat', ARGV[4]) end
 return {1, state, epoch, ARGV[1]}
 """
@@ -245,9 +250,12 @@ class Fence:
             lock=RunningLock(task_key, epoch, str(key), token) if taken == TakeStatus.OK else None,
         )
 
-    def renew(self, lock: RunningLock, running_ttl_s: float, *, last_beat: float | None = None) -> RenewResult:
+    def renew(
+        self, lock: RunningLock, running_ttl_s: float, *, last_beat: float | None = None, worker_id: str = "worker"
+    ) -> RenewResult:
         """Extend ``lock`` by ``running_ttl_s`` if it is still ours and so is the lease; record ``last_beat`` too."""
-        args = [lock.token, str(lock.epoch), str(_ms(running_ttl_s)), "" if last_beat is None else repr(last_beat)]
+        last = "" if last_beat is None else repr(last_beat)
+        args = [lock.token, str(lock.epoch), str(_ms(running_ttl_s)), last, worker_id]
         try:
             code, state, epoch, holder = self._renew(keys=[LeaseStore.lease_key(lock.task_key), lock.key], args=args)
         except redis.RedisError as exc:

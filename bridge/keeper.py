@@ -42,6 +42,8 @@ LOST_GRACE_S = 5.0
 CANCEL_KEY_TTL_S = 3600
 #: While Redis is down, how often the keeper tries it again (in between it works from memory only).
 REDIS_PROBE_S = 2.0
+#: How long a restored lease waits before it is re-published (running workers claim theirs back meanwhile).
+RESTORE_PUBLISH_DELAY_S = 3.0
 #: After Redis comes back, how long the sweep waits before writing off silent leases (their owners catch up).
 RECONNECT_GRACE_S = 15.0
 
@@ -329,7 +331,12 @@ class Keeper:
                 log.info("delivering the outcome of task_key=%s for its worker", lease.task_key)
 
     def _recreate(self, held: Held) -> None:
-        """Our lease vanished from Redis (restarted without persistence): write it again and re-publish."""
+        """Our lease vanished from Redis (restarted without persistence): write it again and re-publish.
+
+        The record keeps its epoch, and the message waits a few seconds: if a worker had already taken the
+        lease before the loss (this copy did not know yet), its next renewal claims the restored record back
+        as running, and the re-published copy is then dropped as stale instead of running the task twice.
+        """
         if held.state == LeaseState.REPORTING:
             return  # the outcome is in memory: delivery goes on without the record
         fields = {
@@ -352,10 +359,25 @@ class Keeper:
         except (BrokerError, InvalidTask) as exc:
             log.warning("cannot rewrite lost lease record task_key=%s: %s", held.task_key, exc)
             return
-        log.warning("lease record of task_key=%s vanished from Redis; rewritten with epoch %d", held.task_key, epoch)
-        held.epoch = epoch
-        held.state = LeaseState.CLAIMED
-        held.needs_publish = True
+        now = time.time()
+        to = LeaseState.QUEUED if held.acked else None
+        try:
+            self.leases.transition(
+                held.task_key,
+                held.worker_group,
+                [LeaseState.CLAIMED],
+                to,
+                epoch=epoch,
+                fields={"epoch": held.epoch, "queued_at": now, "next_beat": held.next_beat},
+            )
+        except BrokerError as exc:
+            log.warning("cannot rewrite lost lease record task_key=%s: %s", held.task_key, exc)
+            return
+        log.warning("lease record of task_key=%s vanished from Redis; rewritten (epoch %d)", held.task_key, held.epoch)
+        held.state = LeaseState.QUEUED if held.acked else LeaseState.CLAIMED
+        held.queued_at = now
+        held.needs_publish = held.acked
+        held.next_try = now + RESTORE_PUBLISH_DELAY_S
 
     # -- heartbeats -------------------------------------------------------------------------------------
 

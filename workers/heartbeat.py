@@ -202,6 +202,8 @@ class LeaseGuard:
         self.deadline_s = deadline_s
         #: When Data Pipeline last accepted a heartbeat of this task (wall clock); set once the heartbeat exists.
         self.accepted_at: Callable[[], float] | None = None
+        #: Recorded as the heartbeat owner if the lease record has to be restored.
+        self.worker_id = "worker"
         self.lock = lock
         self.running_ttl_s = running_ttl_s
         self.cancel = cancel
@@ -239,7 +241,7 @@ class LeaseGuard:
         try:
             reason = self.fence.cancel_requested(self.lock.task_key) if self._command_running else None
             accepted = self.accepted_at() if self.accepted_at is not None else None
-            renewed = self.fence.renew(self.lock, self.running_ttl_s, last_beat=accepted)
+            renewed = self.fence.renew(self.lock, self.running_ttl_s, last_beat=accepted, worker_id=self.worker_id)
         except BrokerError as exc:
             self._unreachable(exc)
             return

@@ -465,3 +465,17 @@ def test_a_take_retried_with_its_own_token_is_recognised(store: LeaseStore, fenc
     assert first.ok and again.ok and again.lock == first.lock
     # and any other token is refused
     assert fence.take_running("k1", epoch, "worker:9", 15).status == TakeStatus.STALE
+
+
+def test_a_running_execution_claims_back_a_record_restored_after_redis_lost_it(store: LeaseStore, fence: Fence) -> None:
+    # given a running execution, then Redis losing its data, then the bridge restoring the lease as queued
+    lock = taken(store, fence)
+    store.redis.flushall()
+    epoch = store.claim("k1", "wg", {"pipeline_id": "df-1", "instance_id": "@A_1"})
+    store.redis.hset(LeaseStore.lease_key("k1"), mapping={"state": "queued", "epoch": str(lock.epoch)})
+    assert epoch >= 1
+    # when the execution renews, then the record is its own again (running, its lock), so no other copy takes it
+    assert fence.renew(lock, 15, worker_id="worker:1").ok
+    assert state_of(store, "k1") == ("running", lock.epoch, "worker:1")
+    assert store.redis.get(lock.key) == lock.token
+    assert fence.take_running("k1", lock.epoch, "worker:2", 15).status == TakeStatus.STALE
