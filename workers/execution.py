@@ -32,8 +32,9 @@ from bridge.retry import backoff_s, retry_call
 from bridge.settings import Settings
 from bridge.taskmodel import TaskObject, parse_task_object
 from workers.context import Outcome, TaskContext, safe_name
-from workers.handlers import Handler
+from workers.handlers import Handler, handler_for
 from workers.heartbeat import CancelSignal, Heartbeat, LeaseGuard, fenced
+from workers.logship import attempt_log
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +235,7 @@ class Execution:
             budget=self.rt.budget,
         )
         guard.accepted_at = heartbeat.accepted_at
+        guard.worker_id = self.rt.worker_id
         # Shutdown order, whatever happens: stop beating, stop guarding, then free the instance for other attempts.
         guard.start()
         try:
@@ -256,10 +258,16 @@ class Execution:
             if cancel.is_set():
                 raise Canceled(cancel.reason)
             ctx = TaskContext(task, self.rt.settings, self.rt.api, self._work_dir(task, message), cancel, tlog)
-            handler = self.handlers.get(task.object_type)
+            handler = handler_for(task, self.handlers)
             if handler is None:
                 raise UnsupportedActivity(f"no handler for {task.object_type} on this worker")
-            outcome = handler(ctx)
+            # The attempt's handler log (masked) and command output go under pipelineLogUri, as AWS lays it out.
+            with attempt_log(ctx) as captured:
+                try:
+                    outcome = handler(ctx)
+                finally:
+                    if not (cancel.is_set() and fenced(cancel.reason)):
+                        captured.ship(ctx)
         except Canceled:
             pass  # handled below, like any other way of ending after a cancel
         except TaskFailure as exc:
