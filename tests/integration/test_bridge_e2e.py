@@ -187,22 +187,28 @@ def test_a_precondition_whose_command_is_missing_fails(stack: Stack, dp: Any) ->
 
 
 def test_an_activity_type_without_a_handler_ends_failed_unsupported(stack: Stack, dp: Any) -> None:
-    # given a CopyActivity (S3 to S3), which no worker of this fleet can run
+    # given a HiveActivity (it needs an EMR cluster), which no worker of this fleet can run
     pipeline = run_pipeline(
         dp,
         GROUP,
         {"id": "In", "type": "S3DataNode", "filePath": "s3://bucket/in.csv"},
         {"id": "Out", "type": "S3DataNode", "filePath": "s3://bucket/out.csv"},
-        {"id": "Copy", "type": "CopyActivity", "input": {"ref": "In"}, "output": {"ref": "Out"}},
+        {
+            "id": "Hive",
+            "type": "HiveActivity",
+            "hiveScript": "select 1",
+            "input": {"ref": "In"},
+            "output": {"ref": "Out"},
+        },
     )
 
-    # when the bridge enqueues it as dp.CopyActivity
-    ended = wait_final(dp, pipeline, "Copy")
+    # when the bridge enqueues it as dp.HiveActivity
+    ended = wait_final(dp, pipeline, "Hive")
 
     # then the worker's unknown-task handler failed it, saying so
     assert ended["@status"] == "FAILED"
     assert ended["errorId"] == "BridgeUnsupportedActivity"
-    assert "CopyActivity" in ended["errorMessage"]
+    assert "HiveActivity" in ended["errorMessage"]
 
 
 def test_a_canceled_task_kills_its_command_group_and_reports_nothing(stack: Stack, dp: Any) -> None:

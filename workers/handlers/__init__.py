@@ -43,6 +43,7 @@ def register(*type_names: str) -> Callable[[Handler], Handler]:
 def load_builtin() -> dict[str, Handler]:
     """Import the built-in handler modules (each registers itself), then the plugins; return the registry."""
     from workers.handlers import (  # noqa: F401
+        copy,
         exists,
         shell,
         sql_activity,
