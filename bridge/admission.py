@@ -11,6 +11,7 @@ Keys::
     dpb:inflight:<worker_group> zset of live leases' task keys (written by bridge.leases)
     dpb:worker:<worker_id>     json {concurrency, queues, hostname, pid}, with a TTL refreshed by the worker
     dpb:consumers:<queue>      zset: worker_id -> expiry (epoch seconds, Redis TIME)
+    dpb:paused:<worker_group>  json {by, at, reason}: no claims for the group while it exists (``bridge pause``)
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ WORKER_TTL_S = 15.0
 WORKER_REFRESH_S = 5.0
 #: At most one "no live worker consumes" line per group and queue this often.
 NO_CONSUMER_LOG_EVERY_S = 60.0
+#: At most one "is paused" line per group this often.
+PAUSED_LOG_EVERY_S = 60.0
 
 _NOW = """
 local t = redis.call('TIME')
@@ -106,6 +109,11 @@ def worker_key(worker_id: str) -> str:
 
 def consumers_key(queue: str) -> str:
     return f"{PREFIX}:consumers:{queue}"
+
+
+def paused_key(worker_group: str) -> str:
+    """The flag ``bridge pause`` sets: while it exists no process claims for ``worker_group``."""
+    return f"{PREFIX}:paused:{worker_group}"
 
 
 def budget_cap(progress_rate: float, deadline_s: float, beats_per_deadline: float) -> int:
@@ -339,6 +347,8 @@ class Admission:
         #: The bound that limited each group at its last ``reserve`` (a metric).
         self.bound: dict[str, str] = {}
         self._logged: dict[tuple[str, str], float] = {}
+        #: Paused groups -> when their "is paused" line was last logged (monotonic).
+        self._paused: dict[str, float] = {}
 
     def set_budget_cap(self, cap: int | None) -> None:
         """Bound all groups together by what the ReportTaskProgress budget keeps alive (``None``: unbounded)."""
@@ -383,14 +393,19 @@ class Admission:
         return empty
 
     def reserve(self, worker_group: str) -> str | None:
-        """Reserve a place for one poll; its id, or ``None`` when the group is full or a queue has no consumer.
+        """Reserve a place for one poll; its id, or ``None`` (the group is paused or full, or a queue has no consumer).
 
         A task could be routed to any of the group's queues, so a queue without a live consumer stops
         every claim of the group (the task would only wait there until it is failed as not started).
 
+        A paused group (``bridge pause``) claims nothing; the leases it holds are still heartbeated.
+
         Raises:
             BrokerError: Redis cannot be reached.
         """
+        if self.paused(worker_group):
+            self.bound[worker_group] = "paused"
+            return None
         census = self.slots.census(self.queues(worker_group))
         if self._no_consumer(worker_group, census):
             self.bound[worker_group] = "slots"
@@ -405,6 +420,35 @@ class Admission:
         if granted == -1:
             self.bound[worker_group] = "budget"
         return None
+
+    def paused(self, worker_group: str) -> bool:
+        """Whether an operator paused ``worker_group`` (logged at most once a minute, and once on resume).
+
+        Raises:
+            BrokerError: Redis cannot be reached.
+        """
+        try:
+            raw = self.reservations.redis.get(paused_key(worker_group))
+        except redis.RedisError as exc:
+            raise BrokerError(f"cannot read the pause flag of {worker_group}: {exc}") from exc
+        if raw is None:
+            if self._paused.pop(worker_group, None) is not None:
+                log.info("worker_group=%s resumed; claiming again", worker_group)
+            return False
+        now = time.monotonic()
+        last = self._paused.get(worker_group)
+        if last is None or now - last >= PAUSED_LOG_EVERY_S:
+            self._paused[worker_group] = now
+            try:
+                record = json.loads(str(raw))
+                by = str(record.get("by") or "an operator")
+                reason = str(record.get("reason") or "")
+            except (ValueError, AttributeError):
+                by, reason = "an operator", ""
+            log.warning(
+                "worker_group=%s is paused by %s%s; not claiming", worker_group, by, f" ({reason})" if reason else ""
+            )
+        return True
 
     def release(self, worker_group: str, resv_id: str) -> None:
         """Give back a reservation whose poll brought no task.

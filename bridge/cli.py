@@ -225,6 +225,19 @@ def _common_options(fn: Any) -> Any:
     show_envvar=True,
     help="Budget task-runner calls fleet-wide in Redis (turn off only to prove the point).  [default: on]",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    envvar="BRIDGE_METRICS_PORT",
+    show_envvar=True,
+    help="Serve Prometheus metrics on this port (e.g. 9464); 0 serves none.  [default: 0]",
+)
+@click.option(
+    "--metrics-host",
+    envvar="BRIDGE_METRICS_HOST",
+    show_envvar=True,
+    help="Address the metrics endpoint binds to (0.0.0.0 or :: to expose it).  [default: 127.0.0.1]",
+)
 def start(worker_groups: tuple[str, ...], routes: tuple[str, ...], **opts: Any) -> None:
     """Poll Data Pipeline for WORKER_GROUP tasks and enqueue them as Celery jobs.
 
@@ -282,3 +295,7 @@ def _fail(code: int, message: str) -> NoReturn:
 from bridge.dev import dev  # noqa: E402
 
 main.add_command(dev)
+from bridge.opscli import check, pause, resume, status  # noqa: E402
+
+for _command in (status, check, pause, resume):
+    main.add_command(_command)

@@ -18,6 +18,7 @@ from bridge.keeper import POLLER, Budget, Held, Keeper
 from bridge.leases import LeaseState, LeaseStore
 from bridge.masking import SECRETS
 from bridge.messages import TaskMessage, argsrepr
+from bridge.metrics import ClaimMetrics
 from bridge.publisher import Publisher
 from bridge.retry import backoff_s, retry_call
 from bridge.settings import Settings
@@ -80,6 +81,7 @@ class Poller:
         leases: The lease store.
         publisher: The Celery publisher.
         owner: This process's identity (recorded as the leases' owner).
+        metrics: Where polls, claims, acknowledgements and enqueue latency are counted.
     """
 
     def __init__(
@@ -94,9 +96,11 @@ class Poller:
         gate: Gate | None = None,
         is_leader: Callable[[str], bool] = lambda group: True,
         budget: Budget | None = None,
+        metrics: ClaimMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.budget = budget
+        self.metrics = metrics or ClaimMetrics()
         self.worker_group = worker_group
         self.api = api
         self.leases = leases
@@ -178,6 +182,7 @@ class Poller:
         try:
             raw = self.api.poll_for_task(self.worker_group, self.settings.hostname)
         except BaseException:
+            self.metrics.polled(self.worker_group, "error")
             if reservation is not None:
                 self._release(reservation)
             raise
@@ -185,6 +190,7 @@ class Poller:
             self.polling.clear()
             if crash_timer is not None:
                 crash_timer.cancel()
+        self.metrics.polled(self.worker_group, "empty" if raw is None else "task")
         if raw is None:
             if reservation is not None:
                 self._release(reservation)
@@ -236,6 +242,7 @@ class Poller:
     ) -> None:
         queue, deadline_s, interval_s = held.queue, held.deadline_s, held.interval_s
         epoch = self._claim(task, raw, queue, deadline_s, interval_s, reservation)
+        self.metrics.claimed(self.worker_group)
         held.epoch = epoch
         self.keeper.track(held)
         crash_point("after-lease")
@@ -272,7 +279,7 @@ class Poller:
             claimed_at=now,
             task_object=dict(raw),
         )
-        self._publish(message, task)
+        self._publish(message, task, received_at)
         crash_point("after-publish")
 
     def _lease_fields(
@@ -332,6 +339,7 @@ class Poller:
             )
         except TaskGone as exc:
             log.warning("lost worker_group=%s task_key=%s before acknowledging: %s", self.worker_group, task.key, exc)
+            self.metrics.acknowledged(self.worker_group, "lost")
             self.leases.transition(task.key, self.worker_group, [LeaseState.CLAIMED], LeaseState.LOST, epoch=epoch)
             return False
         except RemoteError as exc:
@@ -341,16 +349,19 @@ class Poller:
                 task.key,
                 exc,
             )
+            self.metrics.acknowledged(self.worker_group, "failed")
             self.leases.transition(task.key, self.worker_group, [LeaseState.CLAIMED], LeaseState.RELEASED, epoch=epoch)
             return False
         if canceled:
             log.info("canceled worker_group=%s task_key=%s before it was enqueued", self.worker_group, task.key)
+            self.metrics.acknowledged(self.worker_group, "canceled")
             self.leases.transition(task.key, self.worker_group, [LeaseState.CLAIMED], LeaseState.CANCELED, epoch=epoch)
             return False
         log.info("acknowledged worker_group=%s task_key=%s", self.worker_group, task.key)
+        self.metrics.acknowledged(self.worker_group, "acknowledged")
         return True
 
-    def _publish(self, message: TaskMessage, task: TaskObject) -> None:
+    def _publish(self, message: TaskMessage, task: TaskObject, received_at: float) -> None:
         attempt = 0
         while True:
             held = self.keeper.get(task.key)
@@ -359,6 +370,7 @@ class Poller:
                 return
             try:
                 celery_task_id = self.publisher.publish(message, argsrepr(task))
+                self.metrics.enqueued(self.worker_group, time.monotonic() - received_at)
                 log.info(
                     "enqueued worker_group=%s task_key=%s queue=%s celery_id=%s",
                     self.worker_group,

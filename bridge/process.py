@@ -19,11 +19,13 @@ from bridge.errors import AuthError, BrokerError, ConfigError, RemoteError, Thro
 from bridge.keeper import Keeper, RunnerHeartbeat, beat_margin_s
 from bridge.leadership import Leadership, Liveness
 from bridge.leases import LeaseState, LeaseStore
+from bridge.metrics import BridgeMetrics, CountingApi, MetricsServer, StateCollector
 from bridge.poller import Poller
 from bridge.publisher import Publisher
 from bridge.ratelimit import BudgetPressure, RateLimitedApi, build_limiter
 from bridge.retry import backoff_s
 from bridge.settings import Settings
+from bridge.status import ErrorRecordingApi
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,12 @@ class BridgeProcess:
         self.leases = leases or LeaseStore.from_url(settings.redis_url)
         # The budget has its own quick client: a hung Redis must not hold up heartbeats or SetTaskStatus.
         self.limiter = build_limiter(settings, LeaseStore.fast_client(settings.redis_url))
-        self.api = RateLimitedApi(api or Boto3TaskApi(settings.endpoint_url, settings.region), self.limiter)
+        self.metrics = BridgeMetrics()
+        # Calls are counted below the budget: what the service receives, not what waits for a token.
+        counted = CountingApi(api or Boto3TaskApi(settings.endpoint_url, settings.region), self.metrics.api)
+        # API errors are kept in Redis for `bridge status` (never waiting on Redis to do so).
+        recorded = ErrorRecordingApi(counted, LeaseStore.fast_client(settings.redis_url), self.owner)
+        self.api = RateLimitedApi(recorded, self.limiter)
         self.publisher = publisher or Publisher(settings.broker_url)
         self.leadership = Leadership(
             self.leases.redis,
@@ -101,6 +108,7 @@ class BridgeProcess:
                 gate=self.admission,
                 is_leader=self.leadership.is_leader,
                 budget=self.pressure,
+                metrics=self.metrics.claims,
             )
             for group in settings.worker_groups
         ]
@@ -111,6 +119,23 @@ class BridgeProcess:
             settings.hostname,
             settings.runner_heartbeat_interval_s,
             self.request_stop,
+        )
+        self.metrics.watch(
+            StateCollector(
+                settings,
+                # Scrapes read Redis on their own quick client: a dead Redis must never hang a scrape.
+                LeaseStore.fast_client(settings.redis_url),
+                keeper=self.keeper,
+                admission=self.admission,
+                limiter=self.limiter,
+                is_leader=self.leadership.is_leader,
+            )
+        )
+        # Bound now, so a taken port fails start-up (a configuration error); served from ``start``.
+        self.metrics_server = (
+            MetricsServer(settings.metrics_host, settings.metrics_port, self.metrics.registry)
+            if settings.metrics_port
+            else None
         )
         self._threads: list[threading.Thread] = []
         self._stop_requested = threading.Event()
@@ -168,6 +193,8 @@ class BridgeProcess:
             self.settings.max_in_flight,
             self.owner,
         )
+        if self.metrics_server is not None:
+            self.metrics_server.start()
         self.leadership.start()
         self._spawn("keeper", self.keeper.run)
         self._spawn("runner-heartbeat", self.runner_heartbeat.run)
@@ -240,6 +267,9 @@ class BridgeProcess:
             thread.join(timeout=5)
         self.publisher.close()
         self.limiter.close()
+        # 5. Last: the endpoint served the drain to the end.
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         self._stopped.set()
         log.info("bridge stopped")
 

@@ -45,6 +45,10 @@ ENV: dict[str, tuple[str, ...]] = {
     "rate_limit": ("BRIDGE_RATE_LIMIT",),
     "s3_endpoint_url": ("BRIDGE_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"),
     "rds_endpoints": ("BRIDGE_RDS_ENDPOINTS",),
+    "metrics_port": ("BRIDGE_METRICS_PORT",),
+    "metrics_host": ("BRIDGE_METRICS_HOST",),
+    "worker_metrics_port": ("BRIDGE_WORKER_METRICS_PORT",),
+    "worker_metrics_host": ("BRIDGE_WORKER_METRICS_HOST",),
 }
 
 
@@ -140,6 +144,14 @@ class Settings:
     s3_endpoint_url: str | None = None
     #: ``rdsInstanceId -> host:port`` overrides for RdsDatabase (else RDS DescribeDBInstances).
     rds_endpoints: Mapping[str, str] = field(default_factory=dict)
+    #: Port of ``bridge start``'s Prometheus endpoint (0: no endpoint).
+    metrics_port: int = 0
+    #: Address the bridge's Prometheus endpoint binds to (localhost unless told otherwise).
+    metrics_host: str = "127.0.0.1"
+    #: Port of a Celery worker's Prometheus endpoint, served by its main process for the whole pool (0: none).
+    worker_metrics_port: int = 0
+    #: Address a worker's Prometheus endpoint binds to.
+    worker_metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if not self.taskrunner_id:
@@ -186,6 +198,9 @@ class Settings:
                 raise ConfigError(f"{name} must be in (0, 1]")
         if self.log_format not in ("text", "json"):
             raise ConfigError("log format must be 'text' or 'json'")
+        for name in ("metrics_port", "worker_metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ConfigError(f"{name} must be a port number (1-65535), or 0 for no metrics endpoint")
         return self
 
     def queue_for(self, worker_group: str, object_type: str) -> str:
@@ -231,7 +246,7 @@ class Settings:
 def _convert(name: str, raw: str) -> Any:
     if name in ("worker_groups", "env_allowlist"):
         return tuple(x.strip() for x in raw.split(",") if x.strip())
-    if name in ("max_in_flight", "queue_allowance"):
+    if name in ("max_in_flight", "queue_allowance", "metrics_port", "worker_metrics_port"):
         return int(raw)
     if name in ("api_budget_fraction", "local_budget_fraction"):
         return float(raw)

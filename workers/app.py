@@ -22,7 +22,7 @@ from bridge.publisher import VISIBILITY_TIMEOUT_S
 from bridge.ratelimit import BudgetPressure, RateLimitedApi, build_limiter
 from bridge.retry import retry_call
 from bridge.settings import Settings
-from workers import slots
+from workers import metrics, slots
 from workers.execution import SHUTTING_DOWN, Execution, LeaseStoreDown, Runtime
 from workers.handlers import load_builtin
 
@@ -64,7 +64,7 @@ def runtime(pid: int) -> Runtime:
     limiter = build_limiter(settings, LeaseStore.fast_client(settings.redis_url))
     return Runtime(
         settings=settings,
-        api=RateLimitedApi(Boto3TaskApi(settings.endpoint_url, settings.region), limiter),
+        api=RateLimitedApi(METRICS.wrap(Boto3TaskApi(settings.endpoint_url, settings.region)), limiter),
         leases=leases,
         worker_id=f"worker:{socket.gethostname()}:{pid}",
         fence=Fence.from_url(settings.redis_url),
@@ -76,6 +76,8 @@ app = make_app(Settings.from_env())
 HANDLERS = load_builtin()
 # Pollers claim only while live worker slots (advertised here, per queue) can take the work.
 slots.install(app, lambda: Settings.from_env().redis_url)
+# Prometheus metrics of the pool (BRIDGE_WORKER_METRICS_PORT); it counts the calls of the clients ``runtime`` builds.
+METRICS = metrics.install(app)
 
 
 #: How long a worker waits before handing a message back while Redis is away (no tight redelivery loop).

