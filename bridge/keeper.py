@@ -266,7 +266,9 @@ class Keeper:
             except BrokerError as exc:
                 self._redis_down(exc)
             except Exception:  # a bug with one lease must not stall the rest
-                log.critical("keeper error on task_key=%s", held.task_key, exc_info=True)
+                log.critical(
+                    "keeper error worker_group=%s task_key=%s", held.worker_group, held.task_key, exc_info=True
+                )
 
     def _redis_ok(self) -> None:
         if self._redis_down_since is not None:
@@ -317,7 +319,11 @@ class Keeper:
                 self.forget(held.task_key, held)  # a worker runs it now
             elif lease.state == LeaseState.REPORTING and held.state != LeaseState.REPORTING and not held.dispatching:
                 # A worker took it and handed its outcome back between two looks: deliver that outcome.
-                log.info("delivering the outcome of task_key=%s for its worker", lease.task_key)
+                log.info(
+                    "delivering the outcome of worker_group=%s task_key=%s for its worker",
+                    lease.worker_group,
+                    lease.task_key,
+                )
                 self.forget(held.task_key, held)
                 self.track_if_absent(Held.from_lease(lease))
         for lease in current.values():
@@ -328,7 +334,11 @@ class Keeper:
                 lease.state == LeaseState.CLAIMED and lease.acked
             )
             if keepable and self.track_if_absent(Held.from_lease(lease)) and lease.state == LeaseState.REPORTING:
-                log.info("delivering the outcome of task_key=%s for its worker", lease.task_key)
+                log.info(
+                    "delivering the outcome of worker_group=%s task_key=%s for its worker",
+                    lease.worker_group,
+                    lease.task_key,
+                )
 
     def _recreate(self, held: Held) -> None:
         """Our lease vanished from Redis (restarted without persistence): write it again and re-publish.
@@ -357,7 +367,12 @@ class Keeper:
             fields.update(pipeline_id=task.pipeline_id, attempt_id=task.attempt_id, instance_id=task.instance_id)
             epoch = self.leases.claim(held.task_key, held.worker_group, fields)
         except (BrokerError, InvalidTask) as exc:
-            log.warning("cannot rewrite lost lease record task_key=%s: %s", held.task_key, exc)
+            log.warning(
+                "cannot rewrite lost lease record worker_group=%s task_key=%s: %s",
+                held.worker_group,
+                held.task_key,
+                exc,
+            )
             return
         now = time.time()
         to = LeaseState.QUEUED if held.acked else None
@@ -371,9 +386,19 @@ class Keeper:
                 fields={"epoch": held.epoch, "queued_at": now, "next_beat": held.next_beat},
             )
         except BrokerError as exc:
-            log.warning("cannot rewrite lost lease record task_key=%s: %s", held.task_key, exc)
+            log.warning(
+                "cannot rewrite lost lease record worker_group=%s task_key=%s: %s",
+                held.worker_group,
+                held.task_key,
+                exc,
+            )
             return
-        log.warning("lease record of task_key=%s vanished from Redis; rewritten (epoch %d)", held.task_key, held.epoch)
+        log.warning(
+            "lease record vanished from Redis worker_group=%s task_key=%s; rewritten (epoch %d)",
+            held.worker_group,
+            held.task_key,
+            held.epoch,
+        )
         held.state = LeaseState.QUEUED if held.acked else LeaseState.CLAIMED
         held.queued_at = now
         held.needs_publish = held.acked
@@ -397,7 +422,8 @@ class Keeper:
                     if now - self._last_stretch_log > 10:
                         self._last_stretch_log = now
                         log.warning(
-                            "API budget pressure: stretching heartbeats (task_key=%s, deadline in %.0f s)",
+                            "budget pressure: stretching heartbeats worker_group=%s task_key=%s (deadline in %.0f s)",
+                            held.worker_group,
                             held.task_key,
                             held.last_beat + held.deadline_s - now,
                         )
@@ -472,7 +498,9 @@ class Keeper:
                 with contextlib.suppress(BrokerError):  # the task's own heartbeat hears the news too
                     request_cancel(self.leases.redis, held.task_key, reason, CANCEL_KEY_TTL_S)
         except BrokerError as exc:
-            log.warning("could not record %s for task_key=%s: %s", state, held.task_key, exc)
+            log.warning(
+                "could not record %s worker_group=%s task_key=%s: %s", state, held.worker_group, held.task_key, exc
+            )
 
     # -- moving leases on -----------------------------------------------------------------------------
 
@@ -561,7 +589,9 @@ class Keeper:
         except BrokerError as exc:
             held.failures += 1
             held.next_try = time.time() + backoff_s(held.failures, 0.5, 10.0)
-            log.warning("publish failed task_key=%s: %s; retrying", held.task_key, exc)
+            log.warning(
+                "publish failed worker_group=%s task_key=%s: %s; retrying", held.worker_group, held.task_key, exc
+            )
             return
         except InvalidTask as exc:  # cannot happen for a lease the poller parsed; never loop on it
             self.fail(held, exc.error_id, f"Invalid task object: {exc}")
@@ -591,7 +621,12 @@ class Keeper:
         except BrokerError as exc:
             # Without Redis no worker can take the lease either (taking it is a Redis script): failing it from
             # memory is safe, and it must not wait (at shutdown there is no later).
-            log.warning("cannot record the outcome of task_key=%s: %s; reporting it anyway", held.task_key, exc)
+            log.warning(
+                "cannot record the outcome worker_group=%s task_key=%s: %s; reporting it anyway",
+                held.worker_group,
+                held.task_key,
+                exc,
+            )
             result = TransitionResult(True, str(LeaseState.REPORTING), held.epoch)
         if not result.ok:
             self.forget(held.task_key, held)
@@ -627,18 +662,30 @@ class Keeper:
             if held.maybe_delivered:  # an earlier attempt landed and the task is finished on the service side
                 self._delivered(held)
             else:
-                log.warning("lost task_key=%s before its outcome was delivered: %s", held.task_key, exc)
+                log.warning(
+                    "lost worker_group=%s task_key=%s before its outcome was delivered: %s",
+                    held.worker_group,
+                    held.task_key,
+                    exc,
+                )
                 self._end(held, LeaseState.LOST, f"lost: {exc.code}")
             return
         except RemoteError as exc:
             if not exc.retryable:  # refused as invalid, or credentials: retrying forever would rot the lease
-                log.error("SetTaskStatus refused for task_key=%s: %s; giving the outcome up", held.task_key, exc)
+                log.error(
+                    "SetTaskStatus refused worker_group=%s task_key=%s: %s; giving the outcome up",
+                    held.worker_group,
+                    held.task_key,
+                    exc,
+                )
                 self._end(held, LeaseState.LOST, f"lost: outcome refused ({exc.code})")
                 return
             held.maybe_delivered = held.maybe_delivered or isinstance(exc, Unavailable)
             held.failures += 1
             held.next_try = time.time() + backoff_s(held.failures, 1.0, 30.0)
-            log.warning("SetTaskStatus failed task_key=%s: %s; retrying", held.task_key, exc)
+            log.warning(
+                "SetTaskStatus failed worker_group=%s task_key=%s: %s; retrying", held.worker_group, held.task_key, exc
+            )
             return
         self._delivered(held)
 
@@ -646,13 +693,21 @@ class Keeper:
         self.forget(held.task_key, held)
         self.stats.delivered += 1
         outcome = held.outcome or {}
-        log.info("reported task_key=%s %s %s", held.task_key, outcome.get("status"), outcome.get("error_id") or "")
+        log.info(
+            "reported worker_group=%s task_key=%s status=%s error_id=%s",
+            held.worker_group,
+            held.task_key,
+            outcome.get("status"),
+            outcome.get("error_id") or "-",
+        )
         try:
             self.leases.transition(
                 held.task_key, held.worker_group, [LeaseState.REPORTING], held.final_state, epoch=held.epoch
             )
         except BrokerError as exc:
-            log.warning("could not record delivery of task_key=%s: %s", held.task_key, exc)
+            log.warning(
+                "could not record delivery worker_group=%s task_key=%s: %s", held.worker_group, held.task_key, exc
+            )
 
     # -- the active poller's sweep ----------------------------------------------------------------------
 

@@ -215,7 +215,7 @@ class Poller:
             return
         SECRETS.add(task.secrets)
         log.info("received worker_group=%s task_key=%s type=%s", self.worker_group, task.key, task.object_type)
-        log.debug("task_key=%s task_id=%s", task.key, task.task_id)
+        log.debug("task id worker_group=%s task_key=%s task_id=%s", self.worker_group, task.key, task.task_id)
         deadline_s = task.progress_deadline_s or self.settings.progress_deadline_s
         interval_s = self.settings.beat_interval_for(deadline_s)
         queue = self.settings.queue_for(self.worker_group, task.object_type)
@@ -366,7 +366,12 @@ class Poller:
         while True:
             held = self.keeper.get(task.key)
             if attempt and (held is None or held.epoch != message.epoch or held.state != LeaseState.QUEUED):
-                log.info("not publishing task_key=%s epoch=%d: its lease moved on", task.key, message.epoch)
+                log.info(
+                    "not publishing worker_group=%s task_key=%s epoch=%d: its lease moved on",
+                    self.worker_group,
+                    task.key,
+                    message.epoch,
+                )
                 return
             try:
                 celery_task_id = self.publisher.publish(message, argsrepr(task))

@@ -12,7 +12,7 @@ from typing import Any
 from celery import Celery, Task, signals
 from celery.exceptions import Reject
 
-from bridge import masking
+from bridge import logs
 from bridge.api import Boto3TaskApi
 from bridge.errors import InvalidTask, RemoteError, UnsupportedActivity
 from bridge.fencing import Fence
@@ -120,7 +120,12 @@ def fail_unknown(sender: Any = None, name: str = "", id: str = "", message: Any 
         fields={"heartbeat_owner": rt.worker_id},
     )
     if not claim.ok:
-        log.info("dropped unknown task_key=%s: lease is %s", parsed.task_key, claim.state or "missing")
+        log.info(
+            "dropped unknown worker_group=%s task_key=%s: lease is %s",
+            parsed.worker_group,
+            parsed.task_key,
+            claim.state or "missing",
+        )
         return
     try:
         retry_call(
@@ -129,9 +134,15 @@ def fail_unknown(sender: Any = None, name: str = "", id: str = "", message: Any 
             deadline_s=60,
         )
         state = LeaseState.DONE
-        log.info("failed task_key=%s error_id=%s: %s", parsed.task_key, error.error_id, error)
+        log.info(
+            "failed worker_group=%s task_key=%s error_id=%s: %s",
+            parsed.worker_group,
+            parsed.task_key,
+            error.error_id,
+            error,
+        )
     except RemoteError as exc:
-        log.error("could not fail unknown task_key=%s: %s", parsed.task_key, exc)
+        log.error("could not fail unknown worker_group=%s task_key=%s: %s", parsed.worker_group, parsed.task_key, exc)
         state = LeaseState.LOST
     rt.leases.transition(parsed.task_key, parsed.worker_group, [LeaseState.REPORTING], state, epoch=parsed.epoch)
 
@@ -146,7 +157,5 @@ def shutting_down(sig: str = "", how: str = "", **_: Any) -> None:
 @signals.after_setup_logger.connect  # type: ignore[untyped-decorator]
 @signals.after_setup_task_logger.connect  # type: ignore[untyped-decorator]
 def mask_logs(logger: logging.Logger | None = None, **_: Any) -> None:
-    """Secrets never reach a worker's log handlers (botocore's and urllib3's included)."""
-    masking.install(logging.getLogger())
-    if logger is not None:
-        masking.install(logger)
+    """Secrets never reach a worker's log handlers (botocore's and urllib3's included); JSON lines if asked."""
+    logs.configure_worker(logger, Settings.from_env().log_format)

@@ -35,6 +35,7 @@ from workers.context import Outcome, TaskContext, safe_name
 from workers.handlers import Handler, handler_for
 from workers.heartbeat import CancelSignal, Heartbeat, LeaseGuard, fenced
 from workers.logship import attempt_log
+from workers.progress import ProgressReporter, progress_reporter
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class Execution:
         try:
             task = parse_task_object(message.task_object)
         except InvalidTask as exc:
-            log.error("invalid task task_key=%s: %s", message.task_key, exc)
+            log.error("invalid task worker_group=%s task_key=%s: %s", message.worker_group, message.task_key, exc)
             return self._fail_leased(
                 message.task_key, message.epoch, message.worker_group, message.task_object.get("taskId"), exc
             )
@@ -167,13 +168,19 @@ class Execution:
                 if attempt_at - unreachable_since < TAKE_RETRY_S:
                     time.sleep(0.5)
                     continue
-                log.warning("cannot take lease task_key=%s: %s; returning the message", message.task_key, exc)
+                log.warning(
+                    "cannot take lease worker_group=%s task_key=%s: %s; returning the message",
+                    message.worker_group,
+                    message.task_key,
+                    exc,
+                )
                 raise LeaseStoreDown(str(exc)) from exc
             if result.ok and result.lock is not None:
                 return result.lock, attempt_at
             if result.status == TakeStatus.STALE:
                 log.info(
-                    "dropped task_key=%s epoch=%d: lease is %s (epoch %d)",
+                    "dropped worker_group=%s task_key=%s epoch=%d: lease is %s (epoch %d)",
+                    message.worker_group,
                     message.task_key,
                     message.epoch,
                     result.state or "missing",
@@ -205,11 +212,13 @@ class Execution:
                 )
                 return None
 
-    def _release(self, lock: RunningLock) -> None:
+    def _release(self, lock: RunningLock, worker_group: str) -> None:
         try:
             self.fence.release(lock)
         except BrokerError as exc:  # it expires within one TTL anyway
-            log.warning("could not release the running lock of task_key=%s: %s", lock.task_key, exc)
+            log.warning(
+                "could not release the running lock worker_group=%s task_key=%s: %s", worker_group, lock.task_key, exc
+            )
 
     # -- running ----------------------------------------------------------------------------------
 
@@ -223,6 +232,7 @@ class Execution:
             renewed_at=taken_at,
             kill_grace_s=self.rt.settings.kill_grace_s,
             deadline_s=message.progress_deadline_s,
+            worker_group=message.worker_group,
         )
         heartbeat = Heartbeat(
             self.rt.api,
@@ -233,25 +243,47 @@ class Execution:
             self._beat_recorder(message, guard),
             deadline_s=message.progress_deadline_s,
             budget=self.rt.budget,
+            worker_group=message.worker_group,
         )
         guard.accepted_at = heartbeat.accepted_at
         guard.worker_id = self.rt.worker_id
-        # Shutdown order, whatever happens: stop beating, stop guarding, then free the instance for other attempts.
+        # Flower's view of the run (inside a Celery task only).
+        progress = progress_reporter(
+            task.key,
+            message.worker_group,
+            task.attempt,
+            self._work_path(task, message),
+            taken_at,
+            lambda: heartbeat.last_beat,
+        )
+        # Shutdown order, whatever happens: stop telling Flower (no progress event may follow the task's own end
+        # event), stop beating, stop guarding, then free the instance for other attempts.
         guard.start()
         try:
-            return self._run(message, task, cancel, guard, heartbeat)
+            return self._run(message, task, cancel, guard, heartbeat, progress)
         finally:
+            if progress is not None:
+                progress.stop()
             heartbeat.stop()
             guard.stop()
-            self._release(lock)
+            self._release(lock, message.worker_group)
 
     def _run(
-        self, message: TaskMessage, task: TaskObject, cancel: CancelSignal, guard: LeaseGuard, heartbeat: Heartbeat
+        self,
+        message: TaskMessage,
+        task: TaskObject,
+        cancel: CancelSignal,
+        guard: LeaseGuard,
+        heartbeat: Heartbeat,
+        progress: ProgressReporter | None,
     ) -> str:
         heartbeat.beat()  # take over heartbeating at once
         heartbeat.start()
+        if progress is not None:
+            progress.start()
         started = time.monotonic()
-        tlog = logging.LoggerAdapter(log, {"task_key": task.key})
+        # Handler lines carry both as record fields (the JSON log format shows them), whatever their wording.
+        tlog = logging.LoggerAdapter(log, {"task_key": task.key, "worker_group": message.worker_group})
         log.info("started worker_group=%s task_key=%s type=%s", message.worker_group, task.key, task.object_type)
         outcome: Outcome | None = None
         try:
@@ -273,9 +305,11 @@ class Execution:
         except TaskFailure as exc:
             outcome = Outcome.failed(exc.error_id, str(exc), traceback.format_exc())
         except Exception as exc:  # a handler bug still ends the task FAILED, with its traceback
-            log.error("handler error task_key=%s", task.key, exc_info=True)
+            log.error("handler error worker_group=%s task_key=%s", message.worker_group, task.key, exc_info=True)
             outcome = Outcome.failed("BridgeHandlerError", f"{type(exc).__name__}: {exc}", traceback.format_exc())
         guard.command_ended()
+        if progress is not None:
+            progress.state = "REPORTING"
         if cancel.is_set() or outcome is None:
             # Canceled, lost or fenced: whatever the handler returned or raised, no SetTaskStatus is sent.
             heartbeat.stop()
@@ -314,12 +348,15 @@ class Execution:
 
         return record
 
-    def _work_dir(self, task: TaskObject, message: TaskMessage) -> Path:
-        path = (
+    def _work_path(self, task: TaskObject, message: TaskMessage) -> Path:
+        return (
             Path(self.rt.settings.work_dir)
             / safe_name(task.pipeline_id)
             / f"{safe_name(task.attempt_id)}-e{message.epoch}"
         )
+
+    def _work_dir(self, task: TaskObject, message: TaskMessage) -> Path:
+        path = self._work_path(task, message)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -349,8 +386,13 @@ class Execution:
             if newer_hand_out(written, message.epoch):
                 guard.supersede(f"lease {written.state} (epoch {written.epoch}) when recording the outcome")
         except BrokerError as exc:  # SetTaskStatus never waits on Redis: the outcome matters more than the record
-            log.warning("could not record the outcome of task_key=%s: %s; reporting it anyway", task.key, exc)
-        delivery = self._deliver(task, outcome, error_message, stack, guard)
+            log.warning(
+                "could not record the outcome worker_group=%s task_key=%s: %s; reporting it anyway",
+                message.worker_group,
+                task.key,
+                exc,
+            )
+        delivery = self._deliver(message.worker_group, task, outcome, error_message, stack, guard)
         if delivery == Delivery.FENCED:
             log.warning(
                 "fenced worker_group=%s task_key=%s epoch=%d: the lease belongs to another hand-out; its %s outcome "
@@ -382,7 +424,13 @@ class Execution:
         return word
 
     def _deliver(
-        self, task: TaskObject, outcome: Outcome, error_message: str | None, stack: str | None, guard: LeaseGuard
+        self,
+        worker_group: str,
+        task: TaskObject,
+        outcome: Outcome,
+        error_message: str | None,
+        stack: str | None,
+        guard: LeaseGuard,
     ) -> Delivery:
         """SetTaskStatus, retried for up to ``report_timeout_s`` unless the worker shuts down or is fenced out.
 
@@ -401,26 +449,38 @@ class Execution:
             except TaskGone as exc:
                 if self.may_have_landed:
                     log.info(
-                        "SetTaskStatus task_key=%s: %s after a transport error; the earlier call landed, counted as "
-                        "delivered",
+                        "SetTaskStatus task_key=%s worker_group=%s: %s after a transport error; the earlier call "
+                        "landed, counted as delivered",
                         task.key,
+                        worker_group,
                         exc.code or exc,
                     )
                     return Delivery.DELIVERED
-                log.warning("lost task_key=%s before its outcome was delivered: %s", task.key, exc)
+                log.warning(
+                    "lost worker_group=%s task_key=%s before its outcome was delivered: %s", worker_group, task.key, exc
+                )
                 return Delivery.GONE
             except RemoteError as exc:
                 if not exc.retryable:
-                    log.error("could not report task_key=%s: %s", task.key, exc)
+                    log.error("could not report worker_group=%s task_key=%s: %s", worker_group, task.key, exc)
                     return Delivery.REFUSED
                 self.may_have_landed = self.may_have_landed or isinstance(exc, Unavailable)
                 wait = backoff_s(attempt)
                 attempt += 1
                 if SHUTTING_DOWN.is_set() or time.monotonic() + wait > deadline:
-                    log.warning("SetTaskStatus task_key=%s failed (%s); giving up here", task.key, exc.code or exc)
+                    log.warning(
+                        "SetTaskStatus task_key=%s worker_group=%s failed (%s); giving up here",
+                        task.key,
+                        worker_group,
+                        exc.code or exc,
+                    )
                     return Delivery.HAND_OFF
                 log.warning(
-                    "SetTaskStatus task_key=%s failed (%s); retrying in %.1f s", task.key, exc.code or exc, wait
+                    "SetTaskStatus task_key=%s worker_group=%s failed (%s); retrying in %.1f s",
+                    task.key,
+                    worker_group,
+                    exc.code or exc,
+                    wait,
                 )
                 if SHUTTING_DOWN.wait(wait):
                     return Delivery.HAND_OFF
@@ -446,8 +506,9 @@ class Execution:
             )
         except BrokerError as exc:
             log.error(
-                "could not hand outcome of task_key=%s to the bridge keeper (%s): %s; it is not reported, and Data "
-                "Pipeline will hand the task out again",
+                "could not hand outcome of worker_group=%s task_key=%s to the bridge keeper (%s): %s; it is not "
+                "reported, and Data Pipeline will hand the task out again",
+                message.worker_group,
                 task.key,
                 why,
                 exc,
@@ -481,7 +542,7 @@ class Execution:
         try:
             self.rt.leases.transition(task_key, worker_group, allowed, state, epoch=epoch)
         except BrokerError as exc:
-            log.warning("could not record %s for task_key=%s: %s", state, task_key, exc)
+            log.warning("could not record %s worker_group=%s task_key=%s: %s", state, worker_group, task_key, exc)
 
     # -- malformed input ------------------------------------------------------------------------
 
@@ -492,9 +553,10 @@ class Execution:
         task_id = task_object.get("taskId") if isinstance(task_object, Mapping) else None
         task_key, epoch = body.get("task_key"), _epoch(body.get("epoch"))
         if isinstance(task_key, str) and task_key and epoch is not None:
-            log.error("invalid message task_key=%s epoch=%d: %s", task_key, epoch, exc)
             group = body.get("worker_group")
-            return self._fail_leased(task_key, epoch, group if isinstance(group, str) else "", task_id, exc)
+            group = group if isinstance(group, str) else ""
+            log.error("invalid message worker_group=%s task_key=%s epoch=%d: %s", group, task_key, epoch, exc)
+            return self._fail_leased(task_key, epoch, group, task_id, exc)
         if isinstance(task_id, str) and task_id:
             log.error(
                 "invalid message naming no lease (no task_key/epoch): %s; failing its task WITHOUT fencing, so another "
@@ -527,11 +589,14 @@ class Execution:
                 },
             )
         except BrokerError as err:
-            log.warning("cannot take lease task_key=%s: %s; returning the message", task_key, err)
+            log.warning(
+                "cannot take lease worker_group=%s task_key=%s: %s; returning the message", worker_group, task_key, err
+            )
             raise LeaseStoreDown(str(err)) from err
         if not won.ok:
             log.info(
-                "dropped invalid task_key=%s epoch=%d: lease is %s (epoch %d)",
+                "dropped invalid worker_group=%s task_key=%s epoch=%d: lease is %s (epoch %d)",
+                group,
                 task_key,
                 epoch,
                 won.state or "missing",
@@ -541,7 +606,11 @@ class Execution:
         target = (lease.task_id if lease is not None else "") or (task_id if isinstance(task_id, str) else "")
         delivered = bool(target) and self._set_failed(target, exc)
         if not target:
-            log.error("cannot fail invalid task_key=%s: neither its lease nor its message has a task id", task_key)
+            log.error(
+                "cannot fail invalid worker_group=%s task_key=%s: neither its lease nor its message has a task id",
+                group,
+                task_key,
+            )
         self._end_lease(
             task_key, group, epoch, [LeaseState.REPORTING], LeaseState.DONE if delivered else LeaseState.LOST
         )

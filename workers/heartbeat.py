@@ -66,9 +66,10 @@ class Heartbeat:
         task_key: For log lines.
         interval_s: Seconds between beats.
         cancel: Set on ``canceled: true`` or TaskNotFound / PipelineNotFound / PipelineDeleted.
-        on_beat: Called after each successful beat (records it on the lease, emits a Flower event).
+        on_beat: Called after each successful beat (records it on the lease).
         deadline_s: The task's progress deadline (stretched beats still land a margin before it).
         budget: Tells whether the shared ReportTaskProgress budget runs low; ``None``: never stretch.
+        worker_group: For log lines.
     """
 
     def __init__(
@@ -81,8 +82,10 @@ class Heartbeat:
         on_beat: Callable[[float], None] | None = None,
         deadline_s: float | None = None,
         budget: Budget | None = None,
+        worker_group: str = "",
     ) -> None:
         self.api = api
+        self.worker_group = worker_group
         self.deadline_s = deadline_s or 3 * interval_s
         self.budget = budget
         self.stretched = 0
@@ -116,7 +119,13 @@ class Heartbeat:
         except RemoteError as exc:
             retry_in = min(self.interval_s, RETRY_S)
             self._next_beat = time.time() + retry_in
-            log.warning("heartbeat failed task_key=%s: %s; next try in %.1f s", self.task_key, exc, retry_in)
+            log.warning(
+                "heartbeat failed worker_group=%s task_key=%s: %s; next try in %.1f s",
+                self.worker_group,
+                self.task_key,
+                exc,
+                retry_in,
+            )
             return
         if canceled:
             self._cancel("canceled by Data Pipeline")
@@ -128,11 +137,14 @@ class Heartbeat:
             try:
                 self.on_beat(self.last_beat)
             except BrokerError as exc:
-                log.warning("could not record heartbeat task_key=%s: %s", self.task_key, exc)
+                log.warning(
+                    "could not record heartbeat worker_group=%s task_key=%s: %s", self.worker_group, self.task_key, exc
+                )
 
     def _cancel(self, reason: str) -> None:
         if self.cancel.request(reason):
-            log.info("canceled task_key=%s: %s", self.task_key, reason)
+            # The run's end is logged once its command has stopped (``canceled worker_group=...``).
+            log.info("cancel requested worker_group=%s task_key=%s: %s", self.worker_group, self.task_key, reason)
 
     def start(self) -> None:
         self._thread.start()
@@ -152,7 +164,8 @@ class Heartbeat:
             self._next_beat = min(now + 1.0, latest - 2.0)
             if not self.stretched % 30:
                 log.warning(
-                    "API budget pressure: stretching heartbeats of task_key=%s (deadline in %.0f s)",
+                    "API budget pressure: stretching heartbeats of worker_group=%s task_key=%s (deadline in %.0f s)",
+                    self.worker_group,
                     self.task_key,
                     self._last_ok + self.deadline_s - now,
                 )
@@ -184,6 +197,7 @@ class LeaseGuard:
         renewed_at: ``time.monotonic()`` when the lock was taken (the last time it was known to be ours).
         tick_s: Seconds between ticks.
         kill_grace_s: Time the command is given between SIGTERM and SIGKILL (fencing starts that much earlier).
+        worker_group: For log lines.
     """
 
     def __init__(
@@ -196,8 +210,10 @@ class LeaseGuard:
         tick_s: float = GUARD_TICK_S,
         kill_grace_s: float = 0.0,
         deadline_s: float | None = None,
+        worker_group: str = "",
     ) -> None:
         self.fence = fence
+        self.worker_group = worker_group
         self.kill_grace_s = kill_grace_s
         self.deadline_s = deadline_s
         #: When Data Pipeline last accepted a heartbeat of this task (wall clock); set once the heartbeat exists.
@@ -233,7 +249,14 @@ class LeaseGuard:
         """The lease now belongs to another hand-out (found by a renewal or a lease update): fence this one out."""
         self.superseded = True
         if self.cancel.request(FENCED_SUPERSEDED):
-            log.warning("fenced task_key=%s epoch=%d: %s", self.lock.task_key, self.lock.epoch, found)
+            # The run's end is logged once its command has stopped (``fenced worker_group=...``).
+            log.warning(
+                "fencing worker_group=%s task_key=%s epoch=%d: %s",
+                self.worker_group,
+                self.lock.task_key,
+                self.lock.epoch,
+                found,
+            )
 
     def tick(self) -> None:
         """One renewal and, while the command runs, one look at the cancel relay."""
@@ -247,10 +270,12 @@ class LeaseGuard:
             return
         self._renewed_at = attempt_at
         if self._unreachable_logged:
-            log.info("renewed the running lock of task_key=%s again", self.lock.task_key)
+            log.info(
+                "renewed the running lock again worker_group=%s task_key=%s", self.worker_group, self.lock.task_key
+            )
             self._unreachable_logged = False
         if reason is not None and self.cancel.request(reason):
-            log.info("cancel relayed for task_key=%s: %s", self.lock.task_key, reason)
+            log.info("cancel relayed worker_group=%s task_key=%s: %s", self.worker_group, self.lock.task_key, reason)
         if renewed.ok:
             return
         if self._command_running or not renewed.lease_ours:
@@ -276,7 +301,9 @@ class LeaseGuard:
         if self._must_fence(down_s):
             if self.cancel.request(FENCED_UNRENEWABLE):
                 log.error(
-                    "fenced task_key=%s epoch=%d: no renewal of its running lock for %.1f s (%s); stopping its command",
+                    "fencing worker_group=%s task_key=%s epoch=%d: no renewal of its running lock for %.1f s (%s); "
+                    "stopping its command",
+                    self.worker_group,
                     self.lock.task_key,
                     self.lock.epoch,
                     down_s,
@@ -285,8 +312,9 @@ class LeaseGuard:
         elif not self._unreachable_logged:
             self._unreachable_logged = True
             log.warning(
-                "cannot renew the running lock of task_key=%s: %s; the command goes on while Data Pipeline accepts "
-                "its heartbeats",
+                "cannot renew the running lock worker_group=%s task_key=%s: %s; the command goes on while Data "
+                "Pipeline accepts its heartbeats",
+                self.worker_group,
                 self.lock.task_key,
                 exc,
             )
