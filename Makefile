@@ -43,8 +43,10 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-bench: install ## Benchmarks (print tables; never part of make test)
-	$(BIN)/python bench/emulator_roundtrip.py
+BENCH_ARGS ?=
+
+bench: install ## Benchmarks: the five scenarios of issue 8, tables + bench/results/*.json (never part of make test)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 emulator: install ## Run the local Data Pipeline service on 127.0.0.1:8999
 	$(BRIDGE) emulator

@@ -1,0 +1,1 @@
+"""Benchmarks (issue 8): ``make bench`` runs them all; ``bench/README.md`` explains each scenario."""

@@ -1,0 +1,377 @@
+"""Scenario 4, under AWS's limits: the service throttles at AWS's rates; the bridge runs as deployed.
+
+(a) Sustained claims. No-op tasks wait in the service; the bridge claims as fast as its API budget lets it (90 % of
+AWS's 2 PollForTask/s, so 1.8/s, after a burst). The burst is over once the bridge's own metrics count a
+PollForTask token wait (``dpb_api_budget_waits``); the next 120 claims the service logged give the sustained rate.
+Target: >= 95 % of the configured 1.8/s, and no call the service throttled.
+
+(b) Long tasks kept alive. A probe of N puts N long tasks (each holds its slot until the benchmark releases it) on N
+worker slots with a short, time-scaled progress deadline D, waits until they all run (or the bridge stops claiming),
+holds them a while, then releases them. It passes when every task that ran ended FINISHED and no lease was lost:
+no deadline missed in the service, no lease the keeper wrote off, no task canceled as lost. Bisection (at most 4
+probes) between what a fixed cadence of D/3 allows and the bound, both for the claim rate c = 1.8/s:
+
+    bound  = (10/s - c) x (D - margin)      margin = max(2 s, D/10), the bridge's beat margin
+    fixed  = (10/s - c) x D / 3
+
+A probe where the bridge stopped claiming short of N (its admission bound) and kept all its leases settles the
+answer at what ran. Target: >= 90 % of the bound with zero leases lost.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # bench and tests are not installed packages
+
+from bench import systems  # noqa: E402
+from bench.common import BenchError, Result, fmt, log, main, table, verdict  # noqa: E402
+from bench.stack import BenchStack, scrape  # noqa: E402
+from bench.tasks import END, START  # noqa: E402
+from bridge.admission import budget_cap  # noqa: E402
+from bridge.keeper import beat_margin_s  # noqa: E402
+from tests.support import free_port  # noqa: E402
+
+NAME = "limits"
+TITLE = "Scenario 4: under AWS's limits (service throttling at AWS's rates, API budget on)"
+AWS_POLL_RATE = 2.0
+AWS_PROGRESS_RATE = 10.0
+BUDGET_FRACTION = 0.9  # the bridge's default --api-budget-fraction
+CLAIM_RATE = BUDGET_FRACTION * AWS_POLL_RATE
+TARGET_CLAIM_SHARE = 0.95
+TARGET_BOUND_SHARE = 0.90
+THROTTLED_OPS = ("PollForTask", "ReportTaskProgress", "SetTaskStatus", "ReportTaskRunnerHeartbeat")
+#: (a): claims measured after the burst, full / quick.
+FULL_CLAIMS, QUICK_CLAIMS = 120, 20
+CLAIM_SLOTS = 8
+#: (b): the progress deadline, and how many probes the bisection may use, full / quick.
+FULL_DEADLINE_S, QUICK_DEADLINE_S = 20.0, 8.0
+FULL_PROBES, QUICK_PROBES = 4, 2
+#: A probe's claiming has stalled when no task started for this long (the bridge holds back, or is starved).
+STALL_S = 25.0
+
+
+# -- (a) sustained claims ----------------------------------------------------------------------------
+
+
+def sustained_claims(claims: int) -> dict[str, object]:
+    """Claims per second after the budget's burst, over ``claims`` claims."""
+    port = free_port()
+    with BenchStack(["--throttle"]) as stack, systems.bridge(stack, CLAIM_SLOTS, "--metrics-port", str(port)) as s:
+        # Enough for the burst (at most 90 tokens), the measured claims and slack; left over tasks are never claimed.
+        pipelines = stack.steps(s.group, claims + 120)
+        before = stack.counters()
+        since = stack.log.mark()
+        stack.activate(pipelines)
+        emptied: float | None = None
+        deadline = time.monotonic() + 120 + 2 * claims / CLAIM_RATE
+        while time.monotonic() < deadline:
+            metrics = scrape(port)
+            if emptied is None and metrics.get('dpb_api_budget_waits_total{operation="PollForTask"}', 0) > 0:
+                emptied = time.time()
+                log.info("limits (a): the PollForTask burst is spent; measuring %d claims", claims)
+            if emptied is not None and len([e for e in stack.log.handed_out(since) if e.at >= emptied]) > claims:
+                break
+            time.sleep(0.25)
+        else:
+            raise BenchError("limits (a): the bridge never reached its sustained claim rate in time")
+        handed = stack.log.handed_out(since)
+        burst = len([e for e in handed if e.at < emptied])
+        window = [e.at for e in handed if e.at >= emptied][: claims + 1]
+        after = stack.counters()
+    rate = claims / (window[-1] - window[0])
+    throttled = {
+        op: after.get(op, {}).get("throttled", 0) - before.get(op, {}).get("throttled", 0)
+        for op in sorted(set(after) | set(before))
+        if after.get(op, {}).get("throttled", 0) - before.get(op, {}).get("throttled", 0)
+    }
+    return {
+        "burst_claims": burst,
+        "claims": claims,
+        "window_s": window[-1] - window[0],
+        "claims_per_s": rate,
+        "configured_per_s": CLAIM_RATE,
+        "share_of_configured": rate / CLAIM_RATE,
+        "share_of_aws_ceiling": rate / AWS_POLL_RATE,
+        "throttled": throttled,
+        "met": rate >= TARGET_CLAIM_SHARE * CLAIM_RATE and not throttled,
+    }
+
+
+# -- (b) long tasks kept alive ---------------------------------------------------------------------------
+
+
+@dataclass
+class Probe:
+    """What one probe of ``tasks`` long tasks found."""
+
+    tasks: int
+    running: int
+    missed_deadlines: int
+    keeper_lost: int
+    #: Bodies that returned before the release: their task was canceled, lost or fenced.
+    canceled_as_lost: int
+    not_finished: int
+    claim_phase_s: float
+    stretched_beats: int
+    throttled: dict[str, int]
+    #: The first few lines that say why a task was canceled, lost or fenced (the worker's) or missed (the service's).
+    evidence: list[str]
+
+    @property
+    def alive(self) -> bool:
+        return not (self.missed_deadlines or self.keeper_lost or self.canceled_as_lost or self.not_finished)
+
+
+def _wait_running(stack: BenchStack, tasks: int, started_at: float, limit_s: float) -> int:
+    """Wait until ``tasks`` bodies run, or none started for ``STALL_S``; returns how many run."""
+    last_count, last_change = 0, time.monotonic()
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        stamps = [s for s in stack.events() if s.at >= started_at]
+        running = len({s.key for s in stamps if s.kind == START}) - len({s.key for s in stamps if s.kind == END})
+        if running >= tasks:
+            return running
+        if running != last_count:
+            last_count, last_change = running, time.monotonic()
+        elif time.monotonic() - last_change > STALL_S:
+            return running
+        time.sleep(0.5)
+    return last_count
+
+
+def _worker_lines(text: str, before: float) -> list[str]:
+    """The Celery worker's log lines written before ``before`` (its format: ``[2024-01-31 12:00:00,123: ...``)."""
+    found = []
+    for line in text.splitlines():
+        try:
+            at = datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        except ValueError:
+            continue
+        if at < before:
+            found.append(line)
+    return found
+
+
+def probe(tasks: int, deadline_s: float) -> Probe:
+    """Run ``tasks`` long tasks on as many slots with progress deadline ``deadline_s``; see the module docstring."""
+    port = free_port()
+    hold_s = max(deadline_s + beat_margin_s(deadline_s), 1.25 * deadline_s)
+    args = ["--throttle", "--progress-timeout", f"{deadline_s:g}"]
+    with BenchStack(args) as stack:
+        release = stack.dir / "release"
+        extra = ("--progress-deadline-s", f"{deadline_s:g}", "--metrics-port", str(port))
+        with systems.bridge(stack, tasks, *extra, name=f"probe {tasks}") as s:
+            pipelines = stack.steps(s.group, tasks, release=str(release))
+            before = stack.counters()
+            since = stack.log.mark()
+            started_at = time.time()
+            stack.activate(pipelines)
+            running = _wait_running(stack, tasks, started_at, limit_s=120 + 3 * tasks / CLAIM_RATE)
+            claim_phase_s = time.time() - started_at
+            log.info(
+                "limits (b): %d of %d tasks run after %.0f s; holding %.0f s", running, tasks, claim_phase_s, hold_s
+            )
+            time.sleep(hold_s)
+            stamps = [st for st in stack.events() if st.at >= started_at]
+            running = len({st.key for st in stamps if st.kind == START})
+            # A body that ended before the release was stopped: canceled, lost or fenced.
+            stopped = len({st.key for st in stamps if st.kind == END})
+            released_at = time.time()
+            release.touch()
+            ended = stack.log.wait_ended(running, since, 60 + running / 5, what="released tasks")
+            metrics = scrape(port)
+            after = stack.counters()
+            worker_log = s.processes["worker"].text()
+            missed = stack.log.missed(since)
+    throttled = {
+        op: after.get(op, {}).get("throttled", 0) - before.get(op, {}).get("throttled", 0) for op in THROTTLED_OPS
+    }
+    return Probe(
+        tasks=tasks,
+        running=running,
+        missed_deadlines=len(missed),
+        keeper_lost=int(metrics.get("dpb_keeper_lost_total", 0)),
+        canceled_as_lost=stopped,
+        not_finished=len([e for e in ended if e.status != "FINISHED"]),
+        claim_phase_s=claim_phase_s,
+        stretched_beats=worker_log.count("stretching heartbeats"),
+        throttled={op: n for op, n in throttled.items() if n},
+        evidence=[
+            line for line in _worker_lines(worker_log, released_at) if "cancel requested" in line or "fenced" in line
+        ][:3]
+        + [f"{e.attempt_id}: {e.status}" for e in missed[:3]],
+    )
+
+
+def bisect(deadline_s: float, max_probes: int) -> tuple[list[Probe], int, bool, dict[str, float]]:
+    """The largest N whose leases all stayed alive, by bisection between the fixed-cadence figure and the bound.
+
+    Returns the probes, the answer, whether a probe verified it, and the reference figures.
+    """
+    margin = beat_margin_s(deadline_s)
+    spare = AWS_PROGRESS_RATE - CLAIM_RATE
+    refs = {
+        "deadline_s": deadline_s,
+        "margin_s": margin,
+        "claim_rate_per_s": CLAIM_RATE,
+        "bound": spare * (deadline_s - margin),
+        "fixed_cadence": spare * deadline_s / 3,
+        "admission_cap": budget_cap(
+            BUDGET_FRACTION * AWS_PROGRESS_RATE, deadline_s, deadline_s / (deadline_s - margin)
+        ),
+    }
+    low, high = math.floor(refs["fixed_cadence"]), math.floor(refs["bound"])
+    verified = False
+    probes: list[Probe] = []
+    while low < high and len(probes) < max_probes:
+        size = (low + high + 1) // 2
+        log.info(
+            "limits (b): probe %d of at most %d: %d tasks (between %d and %d)",
+            len(probes) + 1,
+            max_probes,
+            size,
+            low,
+            high,
+        )
+        found = probe(size, deadline_s)
+        probes.append(found)
+        log.info("limits (b): %s", found)
+        if found.alive and found.running >= size:
+            low, verified = size, True
+        elif found.alive and found.running > 0:
+            # The bridge held back below ``size`` and kept every lease: that is as many as it will run.
+            low, high, verified = found.running, found.running, True
+        else:
+            high = min(size, max(found.running, 1)) - 1
+            low = min(low, high)
+    return probes, low, verified, refs
+
+
+def run(quick: bool) -> Result:
+    claims = QUICK_CLAIMS if quick else FULL_CLAIMS
+    deadline_s = QUICK_DEADLINE_S if quick else FULL_DEADLINE_S
+    max_probes = QUICK_PROBES if quick else FULL_PROBES
+    result = Result(NAME, TITLE, parameters={"claims": claims, "deadline_s": deadline_s, "max_probes": max_probes})
+    sustained = sustained_claims(claims)
+    probes, answer, verified, refs = bisect(deadline_s, max_probes)
+
+    throttled = sustained["throttled"] or {}
+    result.tables.append(
+        table(
+            [
+                "(a) sustained claims",
+                "claims",
+                "window s",
+                "claims/s",
+                "of 1.8/s configured",
+                "of AWS's 2/s",
+                "throttled by the service",
+                "target",
+                "",
+            ],
+            [
+                [
+                    f"after a burst of {sustained['burst_claims']}",
+                    claims,
+                    fmt(sustained["window_s"], 1),  # type: ignore[arg-type]
+                    fmt(sustained["claims_per_s"], 3),  # type: ignore[arg-type]
+                    f"{fmt(100 * sustained['share_of_configured'], 1)} %",  # type: ignore[operator]
+                    f"{fmt(100 * sustained['share_of_aws_ceiling'], 1)} %",  # type: ignore[operator]
+                    ", ".join(f"{op} {n}" for op, n in throttled.items()) or "0",  # type: ignore[attr-defined]
+                    f"≥ {TARGET_CLAIM_SHARE:.0%}, 0 throttled",
+                    verdict(bool(sustained["met"])),
+                ]
+            ],
+        )
+    )
+    probe_rows = [
+        [
+            p.tasks,
+            p.running,
+            fmt(p.claim_phase_s, 0),
+            p.missed_deadlines,
+            p.keeper_lost,
+            p.canceled_as_lost,
+            p.not_finished,
+            p.stretched_beats,
+            ", ".join(f"{op} {n}" for op, n in p.throttled.items()) or "0",
+            "alive" if p.alive else "lost leases",
+        ]
+        for p in probes
+    ]
+    result.tables.append(
+        table(
+            [
+                "(b) probe: tasks",
+                "ran together",
+                "claim phase s",
+                "deadlines missed",
+                "keeper lost",
+                "canceled as lost",
+                "not FINISHED",
+                "stretch warnings",
+                "throttled",
+                "result",
+            ],
+            probe_rows,
+        )
+    )
+    share = answer / refs["bound"]
+    met = verified and share >= TARGET_BOUND_SHARE
+    result.tables.append(
+        table(
+            ["(b) long tasks kept alive", "tasks", "of the bound", "target", ""],
+            [
+                [
+                    f"largest with every lease alive ({'verified' if verified else 'not verified: no probe passed'})",
+                    answer,
+                    f"{fmt(100 * share, 0)} %",
+                    f"≥ {TARGET_BOUND_SHARE:.0%}, 0 lost",
+                    verdict(met),
+                ],
+                [
+                    f"bound: (10/s - {CLAIM_RATE:g}/s) x ({deadline_s:g} s - {refs['margin_s']:g} s)",
+                    fmt(refs["bound"], 1),
+                    "100 %",
+                    "",
+                    "",
+                ],
+                [
+                    f"fixed cadence of D/3: (10/s - {CLAIM_RATE:g}/s) x {deadline_s:g} s / 3",
+                    fmt(refs["fixed_cadence"], 1),
+                    f"{fmt(100 * refs['fixed_cadence'] / refs['bound'], 0)} %",
+                    "",
+                    "",
+                ],
+                [
+                    "the bridge's admission cap: ⌊0.8 x 9/s x (D - margin)⌋",
+                    int(refs["admission_cap"]),
+                    f"{fmt(100 * refs['admission_cap'] / refs['bound'], 0)} %",
+                    "",
+                    "",
+                ],
+            ],
+        )
+    )
+    result.figures = {
+        "sustained_claims": sustained,
+        "long_tasks": {"answer": answer, "verified": verified, "share_of_bound": share, "met": met, **refs},
+        "probes": [{**asdict(p), "alive": p.alive} for p in probes],
+    }
+    result.notes.append(
+        f"(b) uses a progress deadline of {deadline_s:g} s in the service and the bridge (time-scaled from AWS's"
+        " 15 min); the claim rate in both formulas is the bridge's poll budget, 1.8/s."
+    )
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main(run, TITLE))
