@@ -45,8 +45,9 @@ typecheck: install
 
 BENCH_ARGS ?=
 
-bench: install ## Benchmarks: the five scenarios of issue 8, tables + bench/results/*.json (never part of make test)
+bench: install ## Benchmarks: issue 8's five scenarios, then the service's round trips (never part of make test)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/emulator_roundtrip.py
 
 emulator: install ## Run the local Data Pipeline service on 127.0.0.1:8999
 	$(BRIDGE) emulator
