@@ -28,7 +28,7 @@ from bridge.messages import TaskMessage, argsrepr
 from bridge.publisher import Publisher
 from bridge.retry import backoff_s
 from bridge.settings import Settings
-from bridge.taskmodel import parse_task_object
+from bridge.taskmodel import TaskObject, parse_task_object
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,23 @@ class Held:
             final_state=LeaseState(outcome.get("final_state", "done")) if outcome else LeaseState.DONE,
             maybe_delivered=bool(outcome and outcome.get("maybe_delivered")),
         )
+
+    def lease_fields(self, task: TaskObject, owner: str) -> dict[str, Any]:
+        """What the lease record of this hand-out holds (written at the claim, and again if Redis lost it)."""
+        return {
+            "task_id": self.task_id,
+            "pipeline_id": task.pipeline_id,
+            "attempt_id": task.attempt_id,
+            "instance_id": task.instance_id,
+            "worker_group": self.worker_group,
+            "queue": self.queue,
+            "object_type": self.object_type,
+            "owner": owner,
+            "heartbeat_owner": POLLER,
+            "progress_deadline_s": self.deadline_s,
+            "heartbeat_interval_s": self.interval_s,
+            "task_object": self.task_object,
+        }
 
     def message(self) -> TaskMessage:
         return TaskMessage(
@@ -349,22 +366,9 @@ class Keeper:
         """
         if held.state == LeaseState.REPORTING:
             return  # the outcome is in memory: delivery goes on without the record
-        fields = {
-            "task_id": held.task_id,
-            "worker_group": held.worker_group,
-            "queue": held.queue,
-            "object_type": held.object_type,
-            "owner": self.owner,
-            "heartbeat_owner": POLLER,
-            "progress_deadline_s": held.deadline_s,
-            "heartbeat_interval_s": held.interval_s,
-            "task_object": held.task_object,
-            "last_beat": held.last_beat,
-            "acked": "1" if held.acked else "0",
-        }
         try:
-            task = parse_task_object(held.task_object)
-            fields.update(pipeline_id=task.pipeline_id, attempt_id=task.attempt_id, instance_id=task.instance_id)
+            fields = held.lease_fields(parse_task_object(held.task_object), self.owner)
+            fields.update(last_beat=held.last_beat, acked="1" if held.acked else "0")
             epoch = self.leases.claim(held.task_key, held.worker_group, fields)
         except (BrokerError, InvalidTask) as exc:
             log.warning(

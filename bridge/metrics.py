@@ -57,7 +57,7 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -68,6 +68,7 @@ from prometheus_client.registry import Collector
 
 from bridge.admission import Admission
 from bridge.api import TaskApi
+from bridge.apiwrap import DelegatingApi
 from bridge.errors import AuthError, BrokerError, ConfigError, InvalidRequest, TaskGone, Throttled, Unavailable
 from bridge.keeper import ACK_LIMIT_S, Keeper
 from bridge.leases import LIVE, LeaseState, LeaseStore
@@ -150,12 +151,12 @@ class ApiMetrics:
             self.errors.labels(operation, error_kind(error)).inc()
 
 
-class CountingApi:
+class CountingApi(DelegatingApi):
     """A ``TaskApi`` that reports every call to ``observer`` (wrap the real client, below the rate limiter,
     so the counts are the calls the service received)."""
 
     def __init__(self, inner: TaskApi, observer: ApiObserver) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.observer = observer
 
     def _call(self, operation: str, fn: Callable[[], T]) -> T:
@@ -167,43 +168,6 @@ class CountingApi:
             raise
         self.observer.ended(operation, None, result)
         return result
-
-    def poll_for_task(self, worker_group: str, hostname: str) -> dict[str, Any] | None:
-        return self._call("PollForTask", lambda: self.inner.poll_for_task(worker_group, hostname))
-
-    def report_task_progress(self, task_id: str, fields: Mapping[str, str] | None = None) -> bool:
-        return self._call("ReportTaskProgress", lambda: self.inner.report_task_progress(task_id, fields))
-
-    def set_task_status(
-        self,
-        task_id: str,
-        status: str,
-        error_id: str | None = None,
-        error_message: str | None = None,
-        error_stack_trace: str | None = None,
-    ) -> None:
-        self._call(
-            "SetTaskStatus",
-            lambda: self.inner.set_task_status(task_id, status, error_id, error_message, error_stack_trace),
-        )
-
-    def report_task_runner_heartbeat(self, taskrunner_id: str, worker_group: str, hostname: str) -> bool:
-        return self._call(
-            "ReportTaskRunnerHeartbeat",
-            lambda: self.inner.report_task_runner_heartbeat(taskrunner_id, worker_group, hostname),
-        )
-
-    def describe_objects(
-        self, pipeline_id: str, object_ids: Sequence[str], evaluate_expressions: bool = True
-    ) -> list[dict[str, Any]]:
-        return self._call(
-            "DescribeObjects", lambda: self.inner.describe_objects(pipeline_id, object_ids, evaluate_expressions)
-        )
-
-    def evaluate_expression(self, pipeline_id: str, object_id: str, expression: str) -> str:
-        return self._call(
-            "EvaluateExpression", lambda: self.inner.evaluate_expression(pipeline_id, object_id, expression)
-        )
 
 
 # -- the claim sequence ------------------------------------------------------------------------------

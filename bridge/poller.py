@@ -14,7 +14,7 @@ from typing import Protocol, TypeVar
 from bridge.admission import reservation_key
 from bridge.api import TaskApi
 from bridge.errors import BrokerError, InvalidTask, RemoteError, TaskGone
-from bridge.keeper import POLLER, Budget, Held, Keeper
+from bridge.keeper import Budget, Held, Keeper
 from bridge.leases import LeaseState, LeaseStore
 from bridge.masking import SECRETS
 from bridge.messages import TaskMessage, argsrepr
@@ -233,15 +233,13 @@ class Poller:
             dispatching=True,
         )
         try:
-            self._dispatch(task, raw, held, received_at, reservation)
+            self._dispatch(task, held, received_at, reservation)
         finally:
             held.dispatching = False  # whatever is left of the claim sequence, the keeper finishes
 
-    def _dispatch(
-        self, task: TaskObject, raw: dict[str, object], held: Held, received_at: float, reservation: str | None
-    ) -> None:
-        queue, deadline_s, interval_s = held.queue, held.deadline_s, held.interval_s
-        epoch = self._claim(task, raw, queue, deadline_s, interval_s, reservation)
+    def _dispatch(self, task: TaskObject, held: Held, received_at: float, reservation: str | None) -> None:
+        interval_s = held.interval_s
+        epoch = self._claim(task, held, reservation)
         self.metrics.claimed(self.worker_group)
         held.epoch = epoch
         self.keeper.track(held)
@@ -267,49 +265,11 @@ class Poller:
         )
         held.state = LeaseState.QUEUED
         held.queued_at = now
-        message = TaskMessage(
-            schema=1,
-            task_key=task.key,
-            epoch=epoch,
-            worker_group=self.worker_group,
-            queue=queue,
-            object_type=task.object_type,
-            heartbeat_interval_s=interval_s,
-            progress_deadline_s=deadline_s,
-            claimed_at=now,
-            task_object=dict(raw),
-        )
-        self._publish(message, task, received_at)
+        self._publish(held.message(), task, received_at)
         crash_point("after-publish")
 
-    def _lease_fields(
-        self, task: TaskObject, raw: dict[str, object], queue: str, deadline_s: float, interval_s: float
-    ) -> dict[str, object]:
-        return {
-            "task_id": task.task_id,
-            "pipeline_id": task.pipeline_id,
-            "attempt_id": task.attempt_id,
-            "instance_id": task.instance_id,
-            "worker_group": self.worker_group,
-            "queue": queue,
-            "object_type": task.object_type,
-            "owner": self.owner,
-            "heartbeat_owner": POLLER,
-            "progress_deadline_s": deadline_s,
-            "heartbeat_interval_s": interval_s,
-            "task_object": dict(raw),
-        }
-
-    def _claim(
-        self,
-        task: TaskObject,
-        raw: dict[str, object],
-        queue: str,
-        deadline_s: float,
-        interval_s: float,
-        reservation: str | None,
-    ) -> int:
-        fields = self._lease_fields(task, raw, queue, deadline_s, interval_s)
+    def _claim(self, task: TaskObject, held: Held, reservation: str | None) -> int:
+        fields = held.lease_fields(task, self.owner)
         resv = None if reservation is None else (reservation_key(self.worker_group), reservation)
         return self._with_redis(
             f"writing lease {task.key}", lambda: self.leases.claim(task.key, self.worker_group, fields, resv)

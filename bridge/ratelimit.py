@@ -24,10 +24,10 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import boto3
 import botocore.exceptions
@@ -35,6 +35,7 @@ import redis
 from botocore.config import Config
 
 from bridge.api import TaskApi
+from bridge.apiwrap import DelegatingApi
 from bridge.errors import BrokerError, ConfigError, Throttled
 from bridge.leases import PREFIX
 from bridge.settings import Settings
@@ -442,7 +443,11 @@ class BudgetPressure:
         return low
 
 
-class RateLimitedApi:
+#: Priority of each task-runner call (ReportTaskProgress: the view's ``progress_priority``; others: HEARTBEAT).
+CALL_PRIORITY: Mapping[str, Priority] = {"PollForTask": Priority.CLAIM, "SetTaskStatus": Priority.REPORT}
+
+
+class RateLimitedApi(DelegatingApi):
     """A ``TaskApi`` that takes a token from the budget before each call to ``inner``.
 
     Retries happen above this layer (``bridge.retry``), so every attempt takes its own token.
@@ -464,7 +469,7 @@ class RateLimitedApi:
         progress_priority: Priority = Priority.HEARTBEAT,
         timeouts_s: Mapping[Priority, float] | None = None,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.limiter = limiter
         self.progress_priority = progress_priority
         self._timeouts_s = dict(timeouts_s or ACQUIRE_TIMEOUT_S)
@@ -473,55 +478,11 @@ class RateLimitedApi:
         """A view on the same budget whose ``report_task_progress`` is a CLAIM (for acknowledgements)."""
         return RateLimitedApi(self.inner, self.limiter, Priority.CLAIM, self._timeouts_s)
 
-    def _call(self, op: str, priority: Priority, fn: Callable[[], T]) -> T:
+    def _call(self, op: str, fn: Callable[[], T]) -> T:
+        priority = self.progress_priority if op == "ReportTaskProgress" else CALL_PRIORITY.get(op, Priority.HEARTBEAT)
         if not self.limiter.acquire(op, priority, self._timeouts_s.get(priority)):
             raise Throttled(f"local API budget exhausted for {op}", "LocalBudgetExhausted")
         return fn()
-
-    def poll_for_task(self, worker_group: str, hostname: str) -> dict[str, Any] | None:
-        return self._call("PollForTask", Priority.CLAIM, lambda: self.inner.poll_for_task(worker_group, hostname))
-
-    def report_task_progress(self, task_id: str, fields: Mapping[str, str] | None = None) -> bool:
-        return self._call(
-            "ReportTaskProgress", self.progress_priority, lambda: self.inner.report_task_progress(task_id, fields)
-        )
-
-    def set_task_status(
-        self,
-        task_id: str,
-        status: str,
-        error_id: str | None = None,
-        error_message: str | None = None,
-        error_stack_trace: str | None = None,
-    ) -> None:
-        self._call(
-            "SetTaskStatus",
-            Priority.REPORT,
-            lambda: self.inner.set_task_status(task_id, status, error_id, error_message, error_stack_trace),
-        )
-
-    def report_task_runner_heartbeat(self, taskrunner_id: str, worker_group: str, hostname: str) -> bool:
-        return self._call(
-            "ReportTaskRunnerHeartbeat",
-            Priority.HEARTBEAT,
-            lambda: self.inner.report_task_runner_heartbeat(taskrunner_id, worker_group, hostname),
-        )
-
-    def describe_objects(
-        self, pipeline_id: str, object_ids: Sequence[str], evaluate_expressions: bool = True
-    ) -> list[dict[str, Any]]:
-        return self._call(
-            "DescribeObjects",
-            Priority.HEARTBEAT,
-            lambda: self.inner.describe_objects(pipeline_id, object_ids, evaluate_expressions),
-        )
-
-    def evaluate_expression(self, pipeline_id: str, object_id: str, expression: str) -> str:
-        return self._call(
-            "EvaluateExpression",
-            Priority.HEARTBEAT,
-            lambda: self.inner.evaluate_expression(pipeline_id, object_id, expression),
-        )
 
 
 def resolve_account(

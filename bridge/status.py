@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 
 from bridge.admission import Reservations, SlotRegistry, paused_key, worker_key
+from bridge.apiwrap import DelegatingApi
 from bridge.errors import BrokerError, RemoteError
 from bridge.leadership import LeaderLock, Liveness
 from bridge.leases import LIVE, PREFIX, LeaseState, LeaseStore
@@ -93,7 +94,7 @@ def record_api_error(client: redis.Redis, owner: str, operation: str, code: str,
         raise BrokerError(f"cannot record an API error of {owner}: {exc}") from exc
 
 
-class ErrorRecordingApi:
+class ErrorRecordingApi(DelegatingApi):
     """A ``TaskApi`` that records each ``RemoteError`` of ``inner`` with ``record_api_error``, then re-raises it.
 
     Recording is best effort: give it a quick client (``LeaseStore.fast_client``); while Redis refuses,
@@ -106,7 +107,7 @@ class ErrorRecordingApi:
     """
 
     def __init__(self, inner: TaskApi, client: redis.Redis, owner: str) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.client = client
         self.owner = owner
         self._skip_until = 0.0
@@ -128,43 +129,6 @@ class ErrorRecordingApi:
         except BrokerError as err:
             self._skip_until = now + RECORD_BACKOFF_S
             log.debug("API error not recorded: %s", err)
-
-    def poll_for_task(self, worker_group: str, hostname: str) -> dict[str, Any] | None:
-        return self._call("PollForTask", lambda: self.inner.poll_for_task(worker_group, hostname))
-
-    def report_task_progress(self, task_id: str, fields: Mapping[str, str] | None = None) -> bool:
-        return self._call("ReportTaskProgress", lambda: self.inner.report_task_progress(task_id, fields))
-
-    def set_task_status(
-        self,
-        task_id: str,
-        status: str,
-        error_id: str | None = None,
-        error_message: str | None = None,
-        error_stack_trace: str | None = None,
-    ) -> None:
-        self._call(
-            "SetTaskStatus",
-            lambda: self.inner.set_task_status(task_id, status, error_id, error_message, error_stack_trace),
-        )
-
-    def report_task_runner_heartbeat(self, taskrunner_id: str, worker_group: str, hostname: str) -> bool:
-        return self._call(
-            "ReportTaskRunnerHeartbeat",
-            lambda: self.inner.report_task_runner_heartbeat(taskrunner_id, worker_group, hostname),
-        )
-
-    def describe_objects(
-        self, pipeline_id: str, object_ids: Sequence[str], evaluate_expressions: bool = True
-    ) -> list[dict[str, Any]]:
-        return self._call(
-            "DescribeObjects", lambda: self.inner.describe_objects(pipeline_id, object_ids, evaluate_expressions)
-        )
-
-    def evaluate_expression(self, pipeline_id: str, object_id: str, expression: str) -> str:
-        return self._call(
-            "EvaluateExpression", lambda: self.inner.evaluate_expression(pipeline_id, object_id, expression)
-        )
 
 
 # -- pause flags ----------------------------------------------------------------------------------------
