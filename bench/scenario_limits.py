@@ -17,6 +17,10 @@ probes) between what a fixed cadence of D/3 allows and the bound, both for the c
 A probe where fewer than N ran and every lease held settles the answer at what ran: the bridge's admission bound
 stopped claiming, or claims crawled (polls yield to heartbeats when the ReportTaskProgress budget runs low) until the
 probe's claim limit (120 s; 40 s in quick mode). Target: >= 90 % of the bound with zero leases lost.
+
+The bridge's own admission cap is floor(0.9 x 9/s x (D - margin - 1 s)): the budget's 9/s (90 % of AWS's 10/s), one
+beat per lease per stretched period (each stretched beat is sent a keeper tick or two ahead of deadline - margin),
+and 10 % of headroom. Acknowledgements need no room in it: polls wait while the bucket is below a claim's reserve.
 """
 
 from __future__ import annotations
@@ -36,8 +40,8 @@ from bench import systems  # noqa: E402
 from bench.common import BenchError, Result, fmt, log, main, table, verdict  # noqa: E402
 from bench.stack import BenchStack, scrape  # noqa: E402
 from bench.tasks import END, START  # noqa: E402
-from bridge.admission import budget_cap  # noqa: E402
-from bridge.keeper import beat_margin_s  # noqa: E402
+from bridge.admission import CAP_SHARE, budget_cap  # noqa: E402
+from bridge.keeper import beat_margin_s, stretched_period_s  # noqa: E402
 from tests.support import free_port  # noqa: E402
 
 NAME = "limits"
@@ -255,9 +259,8 @@ def bisect(deadline_s: float, max_probes: int, claim_limit_s: float) -> tuple[li
         "claim_limit_s": claim_limit_s,
         "bound": spare * (deadline_s - margin),
         "fixed_cadence": spare * deadline_s / 3,
-        "admission_cap": budget_cap(
-            BUDGET_FRACTION * AWS_PROGRESS_RATE, deadline_s, deadline_s / (deadline_s - margin)
-        ),
+        "stretched_period_s": stretched_period_s(deadline_s),
+        "admission_cap": budget_cap(BUDGET_FRACTION * AWS_PROGRESS_RATE, stretched_period_s(deadline_s)),
     }
     low, high = math.floor(refs["fixed_cadence"]), math.floor(refs["bound"])
     verified = False
@@ -388,7 +391,8 @@ def run(quick: bool) -> Result:
                     "",
                 ],
                 [
-                    "the bridge's admission cap: ⌊0.8 x 9/s x (D - margin)⌋",
+                    f"the bridge's admission cap: ⌊{CAP_SHARE:g} x 9/s x {refs['stretched_period_s']:g} s⌋"
+                    " (one beat per D - margin - slack)",
                     int(refs["admission_cap"]),
                     f"{fmt(100 * refs['admission_cap'] / refs['bound'], 0)} %",
                     "",

@@ -116,20 +116,28 @@ def paused_key(worker_group: str) -> str:
     return f"{PREFIX}:paused:{worker_group}"
 
 
-def budget_cap(progress_rate: float, deadline_s: float, beats_per_deadline: float) -> int:
-    """How many leases the ReportTaskProgress budget keeps alive: floor(0.8 * rate * deadline / beats per deadline).
+#: Share of the ReportTaskProgress budget the admission cap plans for: the rest absorbs beats bunching up,
+#: the keeper and a worker both beating a lease while it changes hands, and SetTaskStatus-time retries.
+CAP_SHARE = 0.9
+
+
+def budget_cap(progress_rate: float, stretched_period_s: float) -> int:
+    """How many leases the ReportTaskProgress budget keeps alive: floor(CAP_SHARE * rate * stretched period).
+
+    Acknowledgements share the budget but need no room here: the poller claims only while the bucket holds
+    a claim's reserve (``BudgetPressure.starved``), so claims slow down as the beats that must be sent grow.
 
     Args:
         progress_rate: ReportTaskProgress calls per second the fleet may make.
-        deadline_s: The progress deadline every lease must be beaten within.
-        beats_per_deadline: Beats each lease gets per deadline (3 at the default interval).
+        stretched_period_s: Seconds between two beats of one lease stretched as far as it goes
+            (``bridge.keeper.stretched_period_s``).
 
     Raises:
-        ValueError: ``beats_per_deadline`` is not positive.
+        ValueError: ``stretched_period_s`` is not positive.
     """
-    if beats_per_deadline <= 0:
-        raise ValueError("beats_per_deadline must be positive")
-    return max(0, math.floor(0.8 * progress_rate * deadline_s / beats_per_deadline))
+    if stretched_period_s <= 0:
+        raise ValueError("stretched_period_s must be positive")
+    return max(0, math.floor(CAP_SHARE * progress_rate * stretched_period_s))
 
 
 class Reservations:

@@ -53,11 +53,25 @@ def beat_margin_s(deadline_s: float) -> float:
     return max(2.0, 0.1 * deadline_s)
 
 
+#: A stretched heartbeat is sent at the latest this long before ``deadline - margin`` (two keeper ticks: the
+#: keeper and the workers' heartbeat loops wake at least this often), so one lease, fully stretched, beats once
+#: per ``stretched_period_s(deadline)``.
+STRETCH_SLACK_S = 2 * KEEPER_TICK_S
+
+
+def stretched_period_s(deadline_s: float) -> float:
+    """Seconds between two beats of one lease when the budget stretches them as far as they go."""
+    return max(1.0, deadline_s - beat_margin_s(deadline_s) - STRETCH_SLACK_S)
+
+
 class Budget(Protocol):
     """What the keeper asks of the rate limiter."""
 
     def pressure(self, op: str) -> bool:
         """Whether ``op``'s shared budget is running low (heartbeats should stretch)."""
+
+    def starved(self, op: str) -> bool:
+        """Whether a claim's call of ``op`` (a poll, an acknowledgement) would have to wait for a token."""
 
 
 @dataclass
@@ -416,10 +430,10 @@ class Keeper:
         due = [h for h in self.held() if h.next_beat <= now and h.acked]
         due.sort(key=lambda h: h.last_beat + h.deadline_s)
         for held in due:
-            latest = held.last_beat + held.deadline_s - beat_margin_s(held.deadline_s)
-            urgent = now >= latest - 2 * KEEPER_TICK_S
+            latest = held.last_beat + held.deadline_s - beat_margin_s(held.deadline_s) - STRETCH_SLACK_S
+            urgent = now >= latest
             if not urgent and self.budget is not None and self.budget.pressure("ReportTaskProgress"):
-                held.next_beat = min(now + 1.0, latest - 2 * KEEPER_TICK_S)
+                held.next_beat = min(now + 1.0, latest)
                 self.stats.stretched += 1
                 if not held.stretched:
                     held.stretched = True
@@ -435,6 +449,7 @@ class Keeper:
             self.beat(held)
 
     def beat(self, held: Held) -> None:
+        sent = time.time()  # Data Pipeline's deadline runs from when the beat reached it: never earlier
         try:
             canceled = self.api.report_task_progress(held.task_id)
         except TaskGone as exc:
@@ -465,10 +480,9 @@ class Keeper:
             log.info("canceled worker_group=%s task_key=%s while %s", held.worker_group, held.task_key, held.state)
             self._end(held, LeaseState.CANCELED, "canceled by Data Pipeline")
             return
-        now = time.time()
-        held.last_beat = now
-        held.next_beat = now + held.interval_s
-        self._record(held, last_beat=now, next_beat=held.next_beat)
+        held.last_beat = sent
+        held.next_beat = sent + held.interval_s
+        self._record(held, last_beat=sent, next_beat=held.next_beat)
 
     def _record(self, held: Held, **fields: Any) -> None:
         """Best-effort write of beat times to a lease still in the state we know, with our epoch."""

@@ -91,6 +91,11 @@ if ARGV[6] ~= '' then
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('ZREM', KEYS[3], ARGV[1])
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
+  if KEYS[4] then
+    redis.call('LPUSH', KEYS[4], ARGV[1])
+    redis.call('LTRIM', KEYS[4], 0, 15)
+    redis.call('PEXPIRE', KEYS[4], 60000)
+  end
 end
 return {1, ARGV[4], cur[2]}
 """
@@ -240,6 +245,24 @@ class LeaseStore:
     def inflight_key(worker_group: str) -> str:
         return f"{PREFIX}:inflight:{worker_group}"
 
+    @staticmethod
+    def freed_key(worker_group: str) -> str:
+        """A short list a lease's key is pushed to when it ends: a full poller waits on it (``wait_freed``)."""
+        return f"{PREFIX}:freed:{worker_group}"
+
+    def wait_freed(self, worker_group: str, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for a lease of ``worker_group`` to end; whether one did.
+
+        A hint, not a count: an entry may be older than the wait (the list keeps the last 16 for a minute).
+
+        Raises:
+            BrokerError: Redis cannot be reached.
+        """
+        try:
+            return self.redis.blpop([self.freed_key(worker_group)], timeout=timeout_s) is not None
+        except redis.RedisError as exc:
+            raise BrokerError(f"cannot wait for a free place in {worker_group}: {exc}") from exc
+
     def ping(self) -> None:
         """Raises: BrokerError when Redis does not answer."""
         try:
@@ -294,10 +317,10 @@ class LeaseStore:
         ]
         for key, value in (fields or {}).items():
             args += [key, _encode(value)]
+        keys = [self.lease_key(task_key), self.inflight_key(worker_group), ALL_INFLIGHT_KEY]
+        keys.append(self.freed_key(worker_group))
         try:
-            code, state, cur_epoch = self._transition(
-                keys=[self.lease_key(task_key), self.inflight_key(worker_group), ALL_INFLIGHT_KEY], args=args
-            )
+            code, state, cur_epoch = self._transition(keys=keys, args=args)
         except redis.RedisError as exc:
             raise BrokerError(f"cannot update lease {task_key}: {exc}") from exc
         return TransitionResult(int(code) == 1, str(state), int(cur_epoch or 0), missing=int(code) == -1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from bridge.errors import InvalidTask
@@ -46,7 +46,22 @@ class TaskMessage:
     task_object: dict[str, Any]
 
     def to_body(self) -> dict[str, Any]:
-        return asdict(self)
+        """The body to send, fields in declaration order (as ``dataclasses.asdict``, whose deep copy it skips).
+
+        The task object is this message's own dict, not a copy: the body is for serialising, not for changing.
+        """
+        return {
+            "schema": self.schema,
+            "task_key": self.task_key,
+            "epoch": self.epoch,
+            "worker_group": self.worker_group,
+            "queue": self.queue,
+            "object_type": self.object_type,
+            "heartbeat_interval_s": self.heartbeat_interval_s,
+            "progress_deadline_s": self.progress_deadline_s,
+            "claimed_at": self.claimed_at,
+            "task_object": self.task_object,
+        }
 
     @classmethod
     def from_body(cls, body: Any) -> TaskMessage:

@@ -32,8 +32,10 @@ CRASH_ENV = "BRIDGE_TEST_CRASH_AT"
 #: How long into a held poll the ``during-poll`` crash happens.
 DURING_POLL_CRASH_S = 1.0
 #: How often the poller checks the broker is reachable before claiming (0: before every poll, so no task is
-#: claimed into an outage; one connection per poll is cheap next to a long poll).
+#: claimed into an outage; the check is one round trip on a connection the publisher keeps).
 BROKER_CHECK_S = 0.0
+#: Longest wait for a free place before asking admission again (workers and their slots come and go too).
+ROOM_WAIT_S = 0.2
 #: Lease-store retries per write (about 20 s at most, well inside the acknowledgement window).
 REDIS_RETRIES = 20
 T = TypeVar("T")
@@ -127,7 +129,7 @@ class Poller:
                 if not self.is_leader(self.worker_group):
                     self.stopping.wait(0.2)
                     continue
-                if self.budget is not None and self.budget.pressure("ReportTaskProgress"):
+                if self.budget is not None and self.budget.starved("ReportTaskProgress"):
                     # Its acknowledgement could not get a token now: leave the budget to the leases held.
                     self.stopping.wait(0.5)
                     continue
@@ -136,7 +138,7 @@ class Poller:
                     continue
                 reservation = self.gate.reserve(self.worker_group)
                 if reservation is None:
-                    self.stopping.wait(0.2)
+                    self._wait_for_room()
                     continue
                 self.poll_once(reservation)
                 self._failures = 0
@@ -146,6 +148,13 @@ class Poller:
                 log.critical("poll loop error worker_group=%s", self.worker_group, exc_info=True)
                 self._back_off(exc, logging.CRITICAL)
         log.info("stopped polling worker_group=%s", self.worker_group)
+
+    def _wait_for_room(self) -> None:
+        """Full: wait until one of the group's leases ends (at most ``ROOM_WAIT_S``; the limit may change too)."""
+        try:
+            self.leases.wait_freed(self.worker_group, ROOM_WAIT_S)
+        except BrokerError:
+            self.stopping.wait(ROOM_WAIT_S)
 
     def _back_off(self, exc: Exception, level: int) -> None:
         wait = backoff_s(self._failures, base_s=1.0, cap_s=30.0)
@@ -160,7 +169,7 @@ class Poller:
             return True
         self._broker_checked = now
         try:
-            self.publisher.check(timeout_s=2.0)
+            self.publisher.ping(timeout_s=2.0)
         except BrokerError as exc:
             if self._broker_healthy:
                 log.warning("broker unreachable: %s; no new claims for worker_group=%s", exc, self.worker_group)
@@ -214,13 +223,14 @@ class Poller:
             self._refuse(raw, exc)
             return
         SECRETS.add(task.secrets)
-        log.info("received worker_group=%s task_key=%s type=%s", self.worker_group, task.key, task.object_type)
-        log.debug("task id worker_group=%s task_key=%s task_id=%s", self.worker_group, task.key, task.task_id)
+        key = task.key  # a hash of the 1-2 KB taskId: computed once per claim, not at each use
+        log.info("received worker_group=%s task_key=%s type=%s", self.worker_group, key, task.object_type)
+        log.debug("task id worker_group=%s task_key=%s task_id=%s", self.worker_group, key, task.task_id)
         deadline_s = task.progress_deadline_s or self.settings.progress_deadline_s
         interval_s = self.settings.beat_interval_for(deadline_s)
         queue = self.settings.queue_for(self.worker_group, task.object_type)
         held = Held(
-            task_key=task.key,
+            task_key=key,
             task_id=task.task_id,
             worker_group=self.worker_group,
             epoch=0,
@@ -239,23 +249,25 @@ class Poller:
 
     def _dispatch(self, task: TaskObject, held: Held, received_at: float, reservation: str | None) -> None:
         interval_s = held.interval_s
+        key = held.task_key
         epoch = self._claim(task, held, reservation)
         self.metrics.claimed(self.worker_group)
         held.epoch = epoch
         self.keeper.track(held)
         crash_point("after-lease")
-        if not self._acknowledge(task, epoch, received_at):
-            self.keeper.forget(task.key)
+        acked_at = self._acknowledge(task, epoch, received_at)
+        if acked_at is None:
+            self.keeper.forget(key)
             return
-        now = time.time()
+        now = acked_at
         held.acked = True
         held.last_beat = now
         held.next_beat = now + interval_s
         crash_point("after-ack")
         self._with_redis(
-            f"queuing lease {task.key}",
+            f"queuing lease {key}",
             lambda: self.leases.transition(
-                task.key,
+                key,
                 self.worker_group,
                 [LeaseState.CLAIMED],
                 LeaseState.QUEUED,
@@ -271,9 +283,8 @@ class Poller:
     def _claim(self, task: TaskObject, held: Held, reservation: str | None) -> int:
         fields = held.lease_fields(task, self.owner)
         resv = None if reservation is None else (reservation_key(self.worker_group), reservation)
-        return self._with_redis(
-            f"writing lease {task.key}", lambda: self.leases.claim(task.key, self.worker_group, fields, resv)
-        )
+        key = held.task_key
+        return self._with_redis(f"writing lease {key}", lambda: self.leases.claim(key, self.worker_group, fields, resv))
 
     def _with_redis(self, what: str, fn: Callable[[], T]) -> T:
         """Retry a lease-store write through a short Redis outage (the task is ours only once leased)."""
@@ -288,12 +299,23 @@ class Poller:
                 log.warning("%s failed worker_group=%s: %s; retrying", what, self.worker_group, exc)
                 time.sleep(backoff_s(attempt, 0.2, 2.0))
 
-    def _acknowledge(self, task: TaskObject, epoch: int, received_at: float) -> bool:
-        """ReportTaskProgress at once, retried until ~90 s after the hand-out."""
+    def _acknowledge(self, task: TaskObject, epoch: int, received_at: float) -> float | None:
+        """ReportTaskProgress at once, retried until ~90 s after the hand-out.
+
+        Returns:
+            When the accepted call was sent (its progress deadline runs from no earlier), or ``None`` when the
+            task is not ours to run (lost, canceled, or never acknowledged).
+        """
         window = max(1.0, self.settings.ack_window_s - (time.monotonic() - received_at))
+        sent = [0.0]
+
+        def ack() -> bool:
+            sent[0] = time.time()
+            return self.api.report_task_progress(task.task_id)
+
         try:
             canceled = retry_call(
-                lambda: self.api.report_task_progress(task.task_id),
+                ack,
                 what=f"acknowledging {task.key}",
                 deadline_s=window,
             )
@@ -301,7 +323,7 @@ class Poller:
             log.warning("lost worker_group=%s task_key=%s before acknowledging: %s", self.worker_group, task.key, exc)
             self.metrics.acknowledged(self.worker_group, "lost")
             self.leases.transition(task.key, self.worker_group, [LeaseState.CLAIMED], LeaseState.LOST, epoch=epoch)
-            return False
+            return None
         except RemoteError as exc:
             log.error(
                 "could not acknowledge worker_group=%s task_key=%s: %s; Data Pipeline will hand it out again",
@@ -311,25 +333,26 @@ class Poller:
             )
             self.metrics.acknowledged(self.worker_group, "failed")
             self.leases.transition(task.key, self.worker_group, [LeaseState.CLAIMED], LeaseState.RELEASED, epoch=epoch)
-            return False
+            return None
         if canceled:
             log.info("canceled worker_group=%s task_key=%s before it was enqueued", self.worker_group, task.key)
             self.metrics.acknowledged(self.worker_group, "canceled")
             self.leases.transition(task.key, self.worker_group, [LeaseState.CLAIMED], LeaseState.CANCELED, epoch=epoch)
-            return False
+            return None
         log.info("acknowledged worker_group=%s task_key=%s", self.worker_group, task.key)
         self.metrics.acknowledged(self.worker_group, "acknowledged")
-        return True
+        return sent[0]
 
     def _publish(self, message: TaskMessage, task: TaskObject, received_at: float) -> None:
+        key = message.task_key
         attempt = 0
         while True:
-            held = self.keeper.get(task.key)
+            held = self.keeper.get(key) if attempt else None
             if attempt and (held is None or held.epoch != message.epoch or held.state != LeaseState.QUEUED):
                 log.info(
                     "not publishing worker_group=%s task_key=%s epoch=%d: its lease moved on",
                     self.worker_group,
-                    task.key,
+                    key,
                     message.epoch,
                 )
                 return
@@ -339,7 +362,7 @@ class Poller:
                 log.info(
                     "enqueued worker_group=%s task_key=%s queue=%s celery_id=%s",
                     self.worker_group,
-                    task.key,
+                    key,
                     message.queue,
                     celery_task_id,
                 )
@@ -352,7 +375,7 @@ class Poller:
                 log.warning(
                     "publish failed worker_group=%s task_key=%s: %s; retrying in %.1f s",
                     self.worker_group,
-                    task.key,
+                    key,
                     exc,
                     wait,
                 )

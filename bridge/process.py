@@ -16,7 +16,7 @@ import redis
 from bridge.admission import Admission, budget_cap
 from bridge.api import Boto3TaskApi, TaskApi
 from bridge.errors import AuthError, BrokerError, ConfigError, RemoteError, Throttled, Unavailable
-from bridge.keeper import Keeper, RunnerHeartbeat, beat_margin_s
+from bridge.keeper import Keeper, RunnerHeartbeat, stretched_period_s
 from bridge.leadership import Leadership, Liveness
 from bridge.leases import LeaseState, LeaseStore
 from bridge.metrics import BridgeMetrics, CountingApi, MetricsServer, StateCollector
@@ -79,11 +79,8 @@ class BridgeProcess:
         self.admission = Admission(self.leases.redis, settings)
         progress_rate = self.limiter.rate("ReportTaskProgress")
         if progress_rate > 0:  # (with --no-rate-limit too: what the account's budget keeps alive stays the bound)
-            deadline = settings.progress_deadline_s
-            # With heartbeats stretched to one per (deadline - margin), what the budget keeps alive.
-            self.admission.set_budget_cap(
-                budget_cap(progress_rate, deadline, deadline / (deadline - beat_margin_s(deadline)))
-            )
+            # With heartbeats stretched as far as they go, what the budget keeps alive.
+            self.admission.set_budget_cap(budget_cap(progress_rate, stretched_period_s(settings.progress_deadline_s)))
         self.pressure = BudgetPressure(self.limiter) if settings.rate_limit else None
         self.keeper = Keeper(
             settings,

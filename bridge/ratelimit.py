@@ -415,32 +415,46 @@ class NullLimiter:
 
 
 #: Below this share of its burst an operation's bucket is "under pressure": heartbeats that can wait, wait.
-PRESSURE_SHARE = 0.3
+#: It sits well above CLAIM_RESERVE, so beats that can wait stop before claims do: between the two only
+#: claims and beats that cannot wait take tokens, and claims slow down only once the beats that must be
+#: sent (one per lease per stretched period) use the rate up.
+PRESSURE_SHARE = 0.5
 
 
 class BudgetPressure:
-    """Whether an operation's shared budget runs low (cached for half a second: one Redis read per tick).
+    """How full an operation's shared bucket is (read at most every half second: one Redis read per tick).
 
-    Heartbeat loops ask this before a beat that is not yet urgent: under pressure they stretch their
-    interval (never past the deadline minus a margin), leaving the tokens to beats that are.
+    Heartbeat loops ask ``pressure`` before a beat that is not yet urgent: under pressure they stretch their
+    interval (never past the deadline minus a margin), leaving the tokens to beats that are. The poller asks
+    ``starved`` before each poll: it claims only while the acknowledgement would get its token at once.
     """
 
     def __init__(self, limiter: Limiter) -> None:
         self.limiter = limiter
-        self._cache: dict[str, tuple[float, bool]] = {}
+        self._cache: dict[str, tuple[float, float | None]] = {}
         self._lock = threading.Lock()
 
-    def pressure(self, op: str) -> bool:
+    def _tokens(self, op: str) -> float | None:
         now = time.monotonic()
         with self._lock:
             cached = self._cache.get(op)
             if cached is not None and now - cached[0] < 0.5:
                 return cached[1]
         tokens = self.limiter.tokens(op)
-        low = tokens is not None and tokens < PRESSURE_SHARE * self.limiter.burst(op)
         with self._lock:
-            self._cache[op] = (now, low)
-        return low
+            self._cache[op] = (now, tokens)
+        return tokens
+
+    def pressure(self, op: str) -> bool:
+        tokens = self._tokens(op)
+        return tokens is not None and tokens < PRESSURE_SHARE * self.limiter.burst(op)
+
+    def starved(self, op: str) -> bool:
+        tokens = self._tokens(op)
+        burst = self.limiter.burst(op)
+        if tokens is None or math.isinf(burst):
+            return False
+        return tokens < Budget(self.limiter.rate(op), burst).need(Priority.CLAIM)
 
 
 #: Priority of each task-runner call (ReportTaskProgress: the view's ``progress_priority``; others: HEARTBEAT).

@@ -6,6 +6,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from bridge.errors import InvalidTask
@@ -77,8 +78,9 @@ class TaskObject:
     #: Values of every ``*`` field (e.g. ``*password``): masked wherever they could be printed.
     secrets: frozenset[str]
 
-    @property
+    @cached_property
     def key(self) -> str:
+        """The lease's key (hashes the whole task id: computed once per task object)."""
         return task_key(self.pipeline_id, self.attempt_id, self.task_id)
 
     @property

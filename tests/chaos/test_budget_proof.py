@@ -24,6 +24,9 @@ from typing import Any
 
 import pytest
 
+from bridge.admission import budget_cap
+from bridge.keeper import stretched_period_s
+from bridge.ratelimit import AWS_LIMITS
 from tests.integration.bridge_stack import Stack, instances
 from tests.support import ondemand_definition, put_definition, shell_activity, wait_for
 
@@ -190,6 +193,53 @@ def test_hundred_twenty_long_tasks_stretch_their_heartbeats_within_budget(stack_
     assert throttled(stack) == dict.fromkeys(RUNNER_OPS, 0)
     # and no task was timed out and handed out again: each ran once and finished
     assert_each_finished_once(stack, pipelines, journal, 120)
+
+
+def overlaps(journal: Path) -> int:
+    """Most commands running at once, from the journal's ``START``/``END`` lines (``... <epoch seconds>``)."""
+    events = []
+    for line in journal.read_text().splitlines():
+        words = line.split()
+        if words and words[0] in ("START", "END"):
+            events.append((float(words[-1]), 1 if words[0] == "START" else -1))
+    running = most = 0
+    for _, step in sorted(events, key=lambda e: (e[0], e[1])):  # an END before a START at the same instant
+        running += step
+        most = max(most, running)
+    return most
+
+
+@pytest.mark.timeout(420)
+def test_leases_at_the_admission_cap_all_stay_alive(stack_factory: Any) -> None:
+    # given a 10 s progress deadline ("1 minute" scaled 6x) on both sides: the budget (9 ReportTaskProgress/s)
+    # keeps ⌊0.9 x 9/s x 7 s⌋ = 56 leases alive with every beat stretched to one per 7 s, and the fleet has
+    # 80 slots, so the budget is what admission stops at
+    deadline_s = 10.0
+    cap = budget_cap(0.9 * AWS_LIMITS["ReportTaskProgress"][0], stretched_period_s(deadline_s))
+    assert cap == 56
+    stack = stack_factory(
+        ["--poll-wait", "10", "--time-scale", "6"],
+        BRIDGE_MAX_IN_FLIGHT="200",
+        BRIDGE_QUEUE_ALLOWANCE="0",
+        BRIDGE_PROGRESS_DEADLINE_S=str(deadline_s),
+    )
+    start_fleet(stack, concurrency=20)
+    journal = stack.dir / "journal"
+    stamp = '"$DP_PIPELINE_ID $DP_OBJECT_ID $DP_ATTEMPT_ID $(date +%s.%N)"'
+    command = f"echo START {stamp} >> {journal}; sleep 30; echo END {stamp} >> {journal}"
+    pipelines = create_pipelines(stack, 35, command, reportProgressTimeout="1 minute")
+
+    # when 70 tasks of 30 s (three deadlines) are activated at once
+    activate(stack, pipelines)
+    wait_reported(stack, 70, timeout=300)
+
+    # then admission ran the fleet at (or just under) the cap, never over it
+    most = overlaps(journal)
+    assert int(0.9 * cap) <= most <= cap, (most, cap)
+    # and with every beat stretched that far nothing was throttled, and no deadline was missed: no attempt
+    # was handed out again, each ran once and finished
+    assert throttled(stack) == dict.fromkeys(RUNNER_OPS, 0)
+    assert_each_finished_once(stack, pipelines, journal, 70)
 
 
 @pytest.mark.timeout(240)

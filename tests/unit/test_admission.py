@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -12,6 +14,7 @@ import redis
 
 from bridge.admission import Admission, Reservations, SlotRegistry, budget_cap, reservation_key
 from bridge.errors import BrokerError
+from bridge.keeper import STRETCH_SLACK_S, stretched_period_s
 from bridge.leases import LeaseState, LeaseStore
 from bridge.settings import Settings
 from tests.support import RedisServer, wait_for
@@ -95,6 +98,32 @@ def test_renewing_a_held_reservation_does_not_need_a_free_place(client: redis.Re
     assert reservations.count("g") == 1
 
 
+def test_a_full_poller_wakes_when_a_lease_of_its_group_ends(client: redis.Redis) -> None:
+    # given a live lease of group g and a poller waiting for room in g (and one in another group)
+    store = LeaseStore(client)
+    store.claim("df-1:@A_1:abc", "g", {"task_id": "t1"})
+    assert not store.wait_freed("g", 0.1)  # nothing ended yet: the wait times out
+
+    def end_later() -> None:
+        time.sleep(0.3)
+        assert store.transition("df-1:@A_1:abc", "g", [LeaseState.CLAIMED], LeaseState.DONE).ok
+
+    ender = threading.Thread(target=end_later)
+    started = time.monotonic()
+    ender.start()
+    woke = store.wait_freed("g", 10.0)
+    waited = time.monotonic() - started
+    ender.join(5)
+
+    # then the wait ends when the lease does, not at its timeout; the other group is not woken
+    assert woke and waited < 5.0, waited
+    assert not store.wait_freed("other", 0.1)
+    # and a lease that only changes state (still live) wakes nobody
+    store.claim("df-1:@A_2:abc", "g", {"task_id": "t2"})
+    assert store.transition("df-1:@A_2:abc", "g", [LeaseState.CLAIMED], LeaseState.QUEUED).ok
+    assert not store.wait_freed("g", 0.1)
+
+
 def test_reservations_raise_broker_error_when_redis_is_down(client: redis.Redis, redis_server: RedisServer) -> None:
     redis_server.stop()
     with pytest.raises(BrokerError):
@@ -158,12 +187,20 @@ def test_unregister_removes_the_slots_at_once(client: redis.Redis) -> None:
 
 
 def test_budget_cap_is_what_the_progress_budget_keeps_alive() -> None:
-    # 0.8 x 1 call/s x 300 s / 3 beats per deadline
-    assert budget_cap(1.0, 300.0, 3.0) == 80
-    assert budget_cap(0.5, 10.0, 3.0) == 1
-    assert budget_cap(0.1, 10.0, 3.0) == 0
+    # 0.9 x 1 call/s x one beat per 100 s
+    assert budget_cap(1.0, 100.0) == 90
+    assert budget_cap(0.5, 3.0) == 1
+    assert budget_cap(0.1, 10.0) == 0
+    # AWS's 15 min deadline at the default 90 % budget: one beat per 900 - 90 - 1 s, 9 calls/s
+    assert budget_cap(9.0, stretched_period_s(900.0)) == math.floor(0.9 * 9.0 * 809.0)
     with pytest.raises(ValueError):
-        budget_cap(1.0, 300.0, 0)
+        budget_cap(1.0, 0)
+
+
+def test_stretched_period_leaves_the_margin_and_the_slack() -> None:
+    assert stretched_period_s(20.0) == 20.0 - 2.0 - STRETCH_SLACK_S
+    assert stretched_period_s(900.0) == 900.0 - 90.0 - STRETCH_SLACK_S
+    assert stretched_period_s(2.0) == 1.0  # never below a second
 
 
 SHELL = {"ShellCommandActivity": "dp.g1.shell"}

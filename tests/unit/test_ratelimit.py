@@ -17,6 +17,7 @@ from redis.retry import Retry
 from bridge.errors import BrokerError, ConfigError, Throttled, Unavailable
 from bridge.ratelimit import (
     AWS_LIMITS,
+    BudgetPressure,
     NullLimiter,
     Priority,
     RateLimitedApi,
@@ -133,6 +134,23 @@ def test_lower_priorities_leave_a_reserve_for_higher_ones(make_limiter: MakeLimi
     assert limiter.acquire("ReportTaskProgress", Priority.REPORT, timeout_s=0)
     assert not limiter.acquire("ReportTaskProgress", Priority.REPORT, timeout_s=0.2)
     assert limiter.wait_stats()["ReportTaskProgress"].timeouts == 3
+
+
+def test_beats_that_can_wait_stretch_before_claims_stop(make_limiter: MakeLimiter) -> None:
+    # given a slowly refilled bucket of 100 with no pressure yet
+    limiter = make_limiter({"ReportTaskProgress": (0.01, 100.0)})
+    levels = []
+    for spend in (45, 10, 20):  # down to 55, 45, 25 tokens
+        assert all(take(limiter, "ReportTaskProgress", Priority.REPORT, spend))
+        gauge = BudgetPressure(limiter)  # (a fresh one per level: readings are cached for half a second)
+        levels.append((gauge.pressure("ReportTaskProgress"), gauge.starved("ReportTaskProgress")))
+
+    # then above half the burst nothing waits; between half and a claim's reserve (30 + 1) beats that can wait
+    # stretch while claims go on; below it, claims stop too
+    assert levels == [(False, False), (True, False), (True, True)]
+    # and an operation without a limit is never under pressure
+    assert not BudgetPressure(limiter).starved("PollForTask")
+    assert not BudgetPressure(limiter).pressure("PollForTask")
 
 
 def test_an_idle_bucket_expires(make_limiter: MakeLimiter, redis_server: RedisServer) -> None:

@@ -27,6 +27,9 @@ class Budget:
     def pressure(self, op: str) -> bool:
         return self.low
 
+    def starved(self, op: str) -> bool:
+        return False
+
 
 class Leases:
     def transition(self, *a: Any, **k: Any) -> TransitionResult:
