@@ -13,6 +13,7 @@ the task polls.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -32,47 +33,55 @@ CANCEL_PREFIX = f"{PREFIX}:cancel"
 # The lock key is built from the lease's own fields, so the lock always follows the lease record. The token names
 # one execution (task key, epoch and a random id), so two workers can never share a lock, even for one epoch.
 # Taking again with the same token is a no-op success (a take whose reply was lost is retried safely).
+# Returns {status, state, epoch, token or holder, ttl ms, lock, last_beat}: last_beat is when Data Pipeline last
+# accepted a beat of this hand-out as the lease records it (the poller's acknowledgement or the keeper's last beat,
+# as the time the call was sent; '' unknown), so the worker can carry on heartbeating from it.
 _TAKE = """
-local cur = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'pipeline_id', 'instance_id', 'attempt_id')
-if not cur[1] then return {'stale', '', '0', '', -2, ''} end
+local cur = redis.call('HMGET', KEYS[1], 'state', 'epoch', 'pipeline_id', 'instance_id', 'attempt_id', 'last_beat')
+if not cur[1] then return {'stale', '', '0', '', -2, '', ''} end
 local instance = cur[4]
 if (not instance) or instance == '' then instance = cur[5] end
 if (not instance) or instance == '' then instance = ARGV[5] end
 local lock = ARGV[6] .. ':' .. (cur[3] or '') .. ':' .. instance
 local token = ARGV[7]
+local last_beat = cur[6] or ''
 local holder = redis.call('GET', lock)
 if cur[1] == 'running' and cur[2] == ARGV[1] and holder == token then
-  return {'ok', 'running', cur[2], token, tonumber(ARGV[4]), lock}
+  return {'ok', 'running', cur[2], token, tonumber(ARGV[4]), lock, last_beat}
 end
-if cur[1] ~= 'queued' or cur[2] ~= ARGV[1] then return {'stale', cur[1], cur[2] or '0', '', -2, ''} end
+if cur[1] ~= 'queued' or cur[2] ~= ARGV[1] then return {'stale', cur[1], cur[2] or '0', '', -2, '', ''} end
 if holder and holder ~= token then
-  return {'blocked', cur[1], cur[2], holder, redis.call('PTTL', lock), lock}
+  return {'blocked', cur[1], cur[2], holder, redis.call('PTTL', lock), lock, ''}
 end
 redis.call('SET', lock, token, 'PX', ARGV[4])
 redis.call('HSET', KEYS[1], 'state', 'running', 'heartbeat_owner', ARGV[2], 'started_at', ARGV[3],
   'updated_at', ARGV[3], 'run_lock', lock, 'run_token', token)
-return {'ok', 'running', cur[2], token, tonumber(ARGV[4]), lock}
+return {'ok', 'running', cur[2], token, tonumber(ARGV[4]), lock, last_beat}
 """
 
-# KEYS[1] lease, KEYS[2] lock. ARGV: token, epoch, ttl ms, last_beat ('' for none), worker id.
-# Returns {code, state, epoch, holder}: 1 renewed; 0 another execution holds the instance lock; -1 the lease has
-# another epoch (a newer hand-out). Only those two prove this copy superseded: a record that vanished (Redis
-# restarted without its data) or a lock that expired while Redis was away is taken again, since Data Pipeline,
-# which the task keeps heartbeating, has handed the attempt to no one else. A record the bridge restored as
-# `queued` with this execution's epoch is this execution's: it is set back to running, so no copy takes it.
+# KEYS[1] lease, KEYS[2] lock, KEYS[3] (optional) the cancel relay. ARGV: token, epoch, ttl ms, last_beat ('' for
+# none), worker id.
+# Returns {code, state, epoch, holder, cancel reason ('' none or not asked)}: code 1 renewed; 0 another execution
+# holds the instance lock; -1 the lease has another epoch (a newer hand-out). Only those two prove this copy
+# superseded: a record that vanished (Redis restarted without its data) or a lock that expired while Redis was away
+# is taken again, since Data Pipeline, which the task keeps heartbeating, has handed the attempt to no one else. A
+# record the bridge restored as `queued` with this execution's epoch is this execution's: it is set back to
+# running, so no copy takes it. The cancel relay is read first, in the same round trip, whatever the renewal finds.
 _RENEW = """
+local reason = ''
+if KEYS[3] then reason = redis.call('GET', KEYS[3]) or '' end
 local holder = redis.call('GET', KEYS[2]) or ''
 local cur = redis.call('HMGET', KEYS[1], 'state', 'epoch')
 local state, epoch = cur[1] or '', cur[2] or '0'
-if state ~= '' and epoch ~= ARGV[2] then return {-1, state, epoch, holder} end
-if holder ~= '' and holder ~= ARGV[1] then return {0, state, epoch, holder} end
+if state ~= '' and epoch ~= ARGV[2] then return {-1, state, epoch, holder, reason} end
+if holder ~= '' and holder ~= ARGV[1] then return {0, state, epoch, holder, reason} end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
 if state == 'queued' or state == 'claimed' then
   redis.call('HSET', KEYS[1], 'state', 'running', 'heartbeat_owner', ARGV[5], 'run_lock', KEYS[2], 'run_token', ARGV[1])
   state = 'running'
 end
 if ARGV[4] ~= '' and state ~= '' then redis.call('HSET', KEYS[1], 'last_beat', ARGV[4]) end
-return {1, state, epoch, ARGV[1]}
+return {1, state, epoch, ARGV[1], reason}
 """
 
 # KEYS[1] lock. ARGV[1] token.
@@ -141,6 +150,9 @@ class TakeResult:
         holder: When blocked, the ``<task_key>:<epoch>`` holding the instance.
         holder_ttl_s: When blocked, how long the holder's lock has left unless renewed.
         lock: When ok, the lock now held.
+        last_beat: When ok, when Data Pipeline last accepted a beat of this hand-out as the lease records it (the
+            poller's acknowledgement or the keeper's last beat; the time the call was sent, wall clock of the host
+            that sent it); 0.0 when the lease does not say.
     """
 
     status: TakeStatus
@@ -149,6 +161,7 @@ class TakeResult:
     holder: str = ""
     holder_ttl_s: float = 0.0
     lock: RunningLock | None = None
+    last_beat: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -165,6 +178,7 @@ class RenewResult:
         state: The lease's state as found (``""``: missing).
         epoch: The lease's epoch as found.
         holder: The lock's value as found (``""``: absent or expired).
+        cancel_reason: What the keeper relayed for stopping the task (``None``: nothing, or not asked).
     """
 
     ok: bool
@@ -172,6 +186,7 @@ class RenewResult:
     state: str
     epoch: int
     holder: str
+    cancel_reason: str | None = None
 
     @property
     def superseded(self) -> bool:
@@ -231,13 +246,15 @@ class Fence:
 
         The instance comes from the lease (``instance_id``, else ``attempt_id``). On success the lease records
         ``heartbeat_owner = worker_id``, ``started_at`` and ``run_lock``, and the lock holds ``<task_key>:<epoch>``
-        for ``running_ttl_s``.
+        for ``running_ttl_s``. The result also carries the lease's ``last_beat`` (see :class:`TakeResult`).
         """
         now = time.time() if started_at is None else started_at
         token = token or lock_token(task_key, epoch)
         args = [str(epoch), worker_id, repr(now), str(_ms(running_ttl_s)), task_key, RUN_PREFIX, token]
         try:
-            status, state, cur_epoch, holder, ttl_ms, key = self._take(keys=[LeaseStore.lease_key(task_key)], args=args)
+            status, state, cur_epoch, holder, ttl_ms, key, last_beat = self._take(
+                keys=[LeaseStore.lease_key(task_key)], args=args
+            )
         except redis.RedisError as exc:
             raise BrokerError(f"cannot take lease {task_key}: {exc}") from exc
         taken = TakeStatus(str(status))
@@ -248,19 +265,35 @@ class Fence:
             holder=str(holder) if taken == TakeStatus.BLOCKED else "",
             holder_ttl_s=max(0.0, int(ttl_ms) / 1000.0),
             lock=RunningLock(task_key, epoch, str(key), token) if taken == TakeStatus.OK else None,
+            last_beat=_seconds(last_beat),
         )
 
     def renew(
-        self, lock: RunningLock, running_ttl_s: float, *, last_beat: float | None = None, worker_id: str = "worker"
+        self,
+        lock: RunningLock,
+        running_ttl_s: float,
+        *,
+        last_beat: float | None = None,
+        worker_id: str = "worker",
+        read_cancel: bool = False,
     ) -> RenewResult:
-        """Extend ``lock`` by ``running_ttl_s`` if it is still ours and so is the lease; record ``last_beat`` too."""
+        """Extend ``lock`` by ``running_ttl_s`` if it is still ours and so is the lease; record ``last_beat`` too.
+
+        With ``read_cancel`` the same round trip also reads the task's cancel relay (``RenewResult.cancel_reason``),
+        as :meth:`cancel_requested` would.
+        """
         last = "" if last_beat is None else repr(last_beat)
         args = [lock.token, str(lock.epoch), str(_ms(running_ttl_s)), last, worker_id]
+        keys = [LeaseStore.lease_key(lock.task_key), lock.key]
+        if read_cancel:
+            keys.append(cancel_key(lock.task_key))
         try:
-            code, state, epoch, holder = self._renew(keys=[LeaseStore.lease_key(lock.task_key), lock.key], args=args)
+            code, state, epoch, holder, reason = self._renew(keys=keys, args=args)
         except redis.RedisError as exc:
             raise BrokerError(f"cannot renew the running lock of {lock.task_key}: {exc}") from exc
-        return RenewResult(int(code) == 1, int(code) >= 0, str(state), int(epoch or 0), str(holder))
+        return RenewResult(
+            int(code) == 1, int(code) >= 0, str(state), int(epoch or 0), str(holder), str(reason) if reason else None
+        )
 
     def release(self, lock: RunningLock) -> bool:
         """Delete ``lock`` if this hand-out still holds it; returns whether it did."""
@@ -284,3 +317,12 @@ class Fence:
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
+
+
+def _seconds(value: object) -> float:
+    """A time a script read from a lease field (``''``: not recorded) in seconds; 0.0 when absent or unreadable."""
+    try:
+        seconds = float(str(value)) if value else 0.0
+    except ValueError:
+        return 0.0
+    return seconds if math.isfinite(seconds) else 0.0

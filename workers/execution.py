@@ -70,6 +70,21 @@ class Runtime:
     budget: Budget | None = None
 
 
+@dataclass(frozen=True)
+class Taken:
+    """A lease this execution won.
+
+    Attributes:
+        lock: The instance's running lock, now held.
+        taken_at: ``time.monotonic()`` when the winning take was sent.
+        last_beat: When Data Pipeline last accepted a beat of the hand-out, as the lease recorded it (0.0: unknown).
+    """
+
+    lock: RunningLock
+    taken_at: float
+    last_beat: float
+
+
 def newer_hand_out(result: TransitionResult, epoch: int) -> bool:
     """Whether a failed lease update proves a newer hand-out owns the task (fence this copy out).
 
@@ -143,16 +158,15 @@ class Execution:
         taken = self._take(message)
         if taken is None:
             return "dropped"
-        lock, taken_at = taken
-        return self._execute(message, task, lock, taken_at)
+        return self._execute(message, task, taken)
 
     # -- taking the lease -------------------------------------------------------------------------
 
-    def _take(self, message: TaskMessage) -> tuple[RunningLock, float] | None:
+    def _take(self, message: TaskMessage) -> Taken | None:
         """Win ``queued -> running`` with the message's epoch and the instance's running lock.
 
-        Returns the lock and when it was taken (``time.monotonic()``), or ``None`` when the message must be
-        dropped: a stale or duplicate copy, or an instance another attempt still runs.
+        Returns what was won, or ``None`` when the message must be dropped: a stale or duplicate copy, or an
+        instance another attempt still runs.
         """
         ttl_s = self.rt.settings.running_ttl_s
         give_up_at: float | None = None
@@ -176,7 +190,7 @@ class Execution:
                 )
                 raise LeaseStoreDown(str(exc)) from exc
             if result.ok and result.lock is not None:
-                return result.lock, attempt_at
+                return Taken(result.lock, attempt_at, result.last_beat)
             if result.status == TakeStatus.STALE:
                 log.info(
                     "dropped worker_group=%s task_key=%s epoch=%d: lease is %s (epoch %d)",
@@ -222,8 +236,9 @@ class Execution:
 
     # -- running ----------------------------------------------------------------------------------
 
-    def _execute(self, message: TaskMessage, task: TaskObject, lock: RunningLock, taken_at: float) -> str:
+    def _execute(self, message: TaskMessage, task: TaskObject, taken: Taken) -> str:
         cancel = CancelSignal()
+        lock, taken_at = taken.lock, taken.taken_at
         guard = LeaseGuard(
             self.fence,
             lock,
@@ -245,6 +260,11 @@ class Execution:
             budget=self.rt.budget,
             worker_group=message.worker_group,
         )
+        # The bridge beat the task until this take (it stops once the lease is running). If its last beat is recent,
+        # our first one is due an interval after it (a task shorter than that sends none); otherwise, or when the
+        # lease does not say, it is sent before the handler starts. A known last beat is also where self-fencing
+        # counts from (``LeaseGuard.accepted_at``): Data Pipeline's deadline runs from it.
+        beat_now = not heartbeat.continue_from(taken.last_beat)
         guard.accepted_at = heartbeat.accepted_at
         guard.worker_id = self.rt.worker_id
         # Flower's view of the run (inside a Celery task only).
@@ -260,7 +280,7 @@ class Execution:
         # event), stop beating, stop guarding, then free the instance for other attempts.
         guard.start()
         try:
-            return self._run(message, task, cancel, guard, heartbeat, progress)
+            return self._run(message, task, cancel, guard, heartbeat, progress, beat_now)
         finally:
             if progress is not None:
                 progress.stop()
@@ -276,8 +296,10 @@ class Execution:
         guard: LeaseGuard,
         heartbeat: Heartbeat,
         progress: ProgressReporter | None,
+        beat_now: bool = True,
     ) -> str:
-        heartbeat.beat()  # take over heartbeating at once
+        if beat_now:
+            heartbeat.beat()  # the bridge's last beat is too old (or unknown): take over heartbeating at once
         heartbeat.start()
         if progress is not None:
             progress.start()

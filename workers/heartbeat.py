@@ -7,11 +7,16 @@ Both stop the task through one :class:`CancelSignal`, which remembers the first 
   lock and polls the keeper's cancel relay. A renewal that finds the lease or lock superseded, or that has been
   impossible (Redis unreachable) for nearly a lock TTL, cancels the task before its lock can expire: the worker
   kills its own command rather than risk two attempts of one instance running at once (self-fencing).
+
+Each loop runs on a thread of its own (:class:`LoopThread`), taken from daemon threads the process reuses.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +24,7 @@ from collections.abc import Callable
 from bridge.api import TaskApi
 from bridge.errors import BrokerError, RemoteError, TaskGone
 from bridge.fencing import Fence, RunningLock
-from bridge.keeper import Budget, beat_margin_s
+from bridge.keeper import STRETCH_SLACK_S, Budget, beat_margin_s
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,8 @@ FENCE_MARGIN_S = 2.0
 #: How soon a failed heartbeat is tried again (at most one interval).
 RETRY_S = 5.0
 GUARD_TICK_S = 1.0
+#: How far in the future a beat time another host recorded may lie (clock skew) and still be carried on from.
+CLOCK_SKEW_S = 2.0
 
 
 class CancelSignal(threading.Event):
@@ -55,6 +62,89 @@ class CancelSignal(threading.Event):
 def fenced(reason: str) -> bool:
     """Whether a cancel reason is self-fencing (nothing may be reported, the lease is someone else's)."""
     return reason.startswith("fenced")
+
+
+class LoopThread:
+    """One per-task loop (a heartbeat, a lease guard, a progress reporter) on a reused daemon thread.
+
+    It offers the part of ``threading.Thread`` the loops use. Starting a new thread makes the caller wait until that
+    thread holds the GIL, which on a busy worker takes up to the interpreter's switch interval (5 ms), and every
+    task starts three loops on its way to the handler. Handing a loop to an idle thread of this process is a queue
+    put; a thread is started only when none is idle, so a process keeps as many as it ever ran loops at once.
+
+    Args:
+        target: The loop; it returns once told to stop.
+        name: The thread's name while it runs the loop (log records and thread dumps show it).
+    """
+
+    def __init__(self, target: Callable[[], None], name: str) -> None:
+        self.target = target
+        self.name = name
+        self._started = False
+        self._ident: int | None = None
+        self._done = threading.Event()
+
+    def start(self) -> None:
+        """Hand the loop to a thread; it may begin a moment later.
+
+        Raises:
+            RuntimeError: Started twice.
+        """
+        if self._started:
+            raise RuntimeError(f"loop {self.name} started twice")
+        self._started = True
+        _loop_threads(os.getpid()).run(self)
+
+    def run_here(self) -> None:
+        """Run the loop on the calling thread (the pool's), then mark it done."""
+        self._ident = threading.get_ident()
+        try:
+            self.target()
+        except Exception:  # the thread's edge: the loop is over either way, and the thread serves the next one
+            log.critical("loop %s ended with an error", self.name, exc_info=True)
+        finally:
+            self._done.set()
+
+    def is_alive(self) -> bool:
+        """Started and not yet returned (also while it waits for its thread)."""
+        return self._started and not self._done.is_set()
+
+    def is_current(self) -> bool:
+        """Whether the caller is the thread running this loop."""
+        return self.is_alive() and self._ident == threading.get_ident()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._done.wait(timeout)
+
+
+class _LoopThreads:
+    """The daemon threads of one process that run :class:`LoopThread` loops, each idle one waiting on its inbox."""
+
+    def __init__(self) -> None:
+        self._idle: queue.SimpleQueue[queue.SimpleQueue[LoopThread]] = queue.SimpleQueue()
+
+    def run(self, loop: LoopThread) -> None:
+        try:
+            inbox = self._idle.get_nowait()
+        except queue.Empty:
+            inbox = queue.SimpleQueue()
+            threading.Thread(target=self._serve, args=(inbox,), name=loop.name, daemon=True).start()
+        inbox.put(loop)
+
+    def _serve(self, inbox: queue.SimpleQueue[LoopThread]) -> None:
+        thread = threading.current_thread()
+        while True:
+            loop = inbox.get()
+            thread.name = loop.name
+            loop.run_here()
+            thread.name = "loop-idle"
+            self._idle.put(inbox)
+
+
+@functools.cache
+def _loop_threads(pid: int) -> _LoopThreads:
+    """This process's loop threads (keyed by pid: a prefork child has none of its parent's threads)."""
+    return _LoopThreads()
 
 
 class Heartbeat:
@@ -99,18 +189,44 @@ class Heartbeat:
         self.beats = 0
         self.last_beat = 0.0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{task_key[-12:]}", daemon=True)
+        self._thread = LoopThread(self._run, f"heartbeat-{task_key[-12:]}")
 
     @property
     def reason(self) -> str:
         return self.cancel.reason
 
     def accepted_at(self) -> float:
-        """When Data Pipeline last accepted a beat (the start, before the first one)."""
+        """When Data Pipeline last accepted a beat (before the first one: as :meth:`continue_from` set it, else the
+        start)."""
         return self._last_ok
+
+    def continue_from(self, last_accepted: float) -> bool:
+        """Take over from the beat Data Pipeline last accepted before this task (the poller's acknowledgement or the
+        keeper's last beat, as the lease records it): whether that beat is recent enough to carry on from.
+
+        If it is younger than one interval, it counts as this loop's last accepted beat and the next one is due an
+        interval after it: the caller need not beat now. Otherwise the caller must beat at once. Either way a known
+        time becomes what :meth:`accepted_at` reports (self-fencing must count from Data Pipeline's real last
+        beat), unless it lies in the future by more than ``CLOCK_SKEW_S`` (a suspicious clock on the host that
+        recorded it), which changes nothing.
+
+        Args:
+            last_accepted: Wall-clock time the accepted call was sent; 0 when unknown.
+        """
+        now = time.time()
+        if last_accepted <= 0 or last_accepted > now + CLOCK_SKEW_S:
+            return False
+        at = min(last_accepted, now)
+        self.last_beat = self._last_ok = at
+        if now - at >= self.interval_s:
+            return False
+        self._next_beat = at + self.interval_s
+        return True
 
     def beat(self) -> None:
         """One ReportTaskProgress; failures other than cancellation are logged and retried next time."""
+        # Data Pipeline's deadline runs from when the beat reached it, never earlier than it was sent.
+        sent = time.time()
         try:
             canceled = self.api.report_task_progress(self.task_id)
         except TaskGone as exc:
@@ -131,7 +247,7 @@ class Heartbeat:
             self._cancel("canceled by Data Pipeline")
             return
         self.beats += 1
-        self.last_beat = self._last_ok = time.time()
+        self.last_beat = self._last_ok = sent
         self._next_beat = self._last_ok + self.interval_s
         if self.on_beat is not None:
             try:
@@ -159,9 +275,9 @@ class Heartbeat:
     def beat_when_due(self) -> None:
         """Beat now, or, when the budget runs low and the deadline is still far, stretch this interval."""
         now = time.time()
-        latest = self._last_ok + self.deadline_s - beat_margin_s(self.deadline_s)
-        if self.budget is not None and now < latest - 2.0 and self.budget.pressure("ReportTaskProgress"):
-            self._next_beat = min(now + 1.0, latest - 2.0)
+        latest = self._last_ok + self.deadline_s - beat_margin_s(self.deadline_s) - STRETCH_SLACK_S
+        if self.budget is not None and now < latest and self.budget.pressure("ReportTaskProgress"):
+            self._next_beat = min(now + 1.0, latest)
             if not self.stretched % 30:
                 log.warning(
                     "API budget pressure: stretching heartbeats of worker_group=%s task_key=%s (deadline in %.0f s)",
@@ -176,7 +292,7 @@ class Heartbeat:
     def stop(self) -> None:
         """Stop beating (idempotent); the thread ends within one interval at most."""
         self._stop.set()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+        if self._thread.is_alive() and not self._thread.is_current():
             self._thread.join(timeout=self.interval_s + 1)
 
 
@@ -230,7 +346,7 @@ class LeaseGuard:
         self._command_running = True
         self._unreachable_logged = False
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-guard-{lock.task_key[-12:]}", daemon=True)
+        self._thread = LoopThread(self._run, f"lease-guard-{lock.task_key[-12:]}")
 
     @property
     def fence_after_s(self) -> float:
@@ -259,15 +375,21 @@ class LeaseGuard:
             )
 
     def tick(self) -> None:
-        """One renewal and, while the command runs, one look at the cancel relay."""
+        """One renewal and, while the command runs, one look at the cancel relay (one round trip for both)."""
         attempt_at = time.monotonic()
         try:
-            reason = self.fence.cancel_requested(self.lock.task_key) if self._command_running else None
             accepted = self.accepted_at() if self.accepted_at is not None else None
-            renewed = self.fence.renew(self.lock, self.running_ttl_s, last_beat=accepted, worker_id=self.worker_id)
+            renewed = self.fence.renew(
+                self.lock,
+                self.running_ttl_s,
+                last_beat=accepted,
+                worker_id=self.worker_id,
+                read_cancel=self._command_running,
+            )
         except BrokerError as exc:
             self._unreachable(exc)
             return
+        reason = renewed.cancel_reason
         self._renewed_at = attempt_at
         if self._unreachable_logged:
             log.info(
@@ -320,13 +442,14 @@ class LeaseGuard:
             )
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            # Still ticking after a cancel: the lock must hold until the stopped command has really ended.
+        # The first tick comes one tick after the start: the take has just set the lock's TTL, so a task shorter
+        # than a tick costs no renewal at all. Still ticking after a cancel: the lock must hold until the stopped
+        # command has really ended.
+        while not self._stop.wait(self.tick_s):
             self.tick()
-            self._stop.wait(self.tick_s)
 
     def stop(self) -> None:
         """Stop ticking (idempotent); the thread ends within one tick (plus a Redis call) at most."""
         self._stop.set()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+        if self._thread.is_alive() and not self._thread.is_current():
             self._thread.join(timeout=self.tick_s + 5)

@@ -33,11 +33,15 @@ from typing import Any
 from celery._state import get_current_task
 
 from bridge.taskmodel import PipelineObject
+from workers.heartbeat import LoopThread
 
 log = logging.getLogger(__name__)
 
 #: Seconds between two progress events of one task (each is one small publish on the broker).
 PROGRESS_EVERY_S = 5.0
+#: When the first progress event of a task is sent: a task that ends sooner needs none (Celery's own started and
+#: succeeded events already tell Flower everything about it), and most tasks of a busy fleet are that short.
+FIRST_PROGRESS_S = 1.0
 #: The Celery event type: Flower shows the task as ``PROGRESS`` (also what Celery-native steps send).
 PROGRESS_EVENT = "task-progress"
 #: How much new output one count reads at most (a command writing faster is counted over later events).
@@ -141,7 +145,7 @@ def iso_time(at: float) -> str | None:
 
 
 class ProgressReporter:
-    """Sends a ``task-progress`` event for one running task every ``interval_s`` until stopped.
+    """Sends a ``task-progress`` event for one running task ``first_s`` after it starts, then every ``interval_s``.
 
     Args:
         events: Where the events go.
@@ -151,6 +155,7 @@ class ProgressReporter:
         last_beat: When Data Pipeline last accepted a heartbeat of the task (wall clock; 0 before the first).
         output: The command's output files.
         interval_s: Seconds between events.
+        first_s: Seconds from ``start`` to the first event.
     """
 
     def __init__(
@@ -162,6 +167,7 @@ class ProgressReporter:
         last_beat: Callable[[], float],
         output: OutputLines,
         interval_s: float = PROGRESS_EVERY_S,
+        first_s: float = FIRST_PROGRESS_S,
     ) -> None:
         self.events = events
         self.task_key = task_key
@@ -170,6 +176,7 @@ class ProgressReporter:
         self.last_beat = last_beat
         self.output = output
         self.interval_s = interval_s
+        self.first_s = first_s
         #: What the task is doing, as the lease names it: ``RUNNING``, then ``REPORTING`` once the command ended.
         self.state = "RUNNING"
         self.sent = 0
@@ -178,7 +185,7 @@ class ProgressReporter:
         # Held while an event is sent: once ``stop`` holds it, no progress event can follow the task's end.
         self._sending = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"progress-{task_key[-12:]}", daemon=True)
+        self._thread = LoopThread(self._run, f"progress-{task_key[-12:]}")
 
     def snapshot(self) -> dict[str, Any]:
         """The progress fields of the next event."""
@@ -220,6 +227,8 @@ class ProgressReporter:
         self._thread.start()
 
     def _run(self) -> None:
+        if self._stop.wait(self.first_s):
+            return
         while True:
             self.send_once()
             if self._stop.wait(self.interval_s):
@@ -232,7 +241,7 @@ class ProgressReporter:
         self._stopped = True
         if held:
             self._sending.release()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+        if self._thread.is_alive() and not self._thread.is_current():
             self._thread.join(timeout=STOP_WAIT_S)
 
 

@@ -150,6 +150,18 @@ def test_a_lock_already_holding_this_execution_does_not_block_it(store: LeaseSto
     assert fence.take_running("k1", epoch, "worker:1", 15, token=token).ok
 
 
+@pytest.mark.parametrize(("recorded", "expected"), [(1234.5, 1234.5), (None, 0.0), ("garbage", 0.0), ("nan", 0.0)])
+def test_a_take_tells_when_data_pipeline_last_accepted_a_beat(
+    store: LeaseStore, fence: Fence, recorded: object, expected: float
+) -> None:
+    # given a queued lease whose last beat (the poller's acknowledgement) is recorded, or not, or unreadable
+    epoch = queued(store, "k1", **({} if recorded is None else {"last_beat": recorded}))
+    # when a worker takes it, then the take returns that time (0 when unknown), also when the take is retried
+    token = lock_token("k1", epoch)
+    assert fence.take_running("k1", epoch, "worker:1", 15, token=token).last_beat == expected
+    assert fence.take_running("k1", epoch, "worker:1", 15, token=token).last_beat == expected
+
+
 # -- renew and release ----------------------------------------------------------------------------------
 
 
@@ -206,6 +218,23 @@ def test_release_deletes_only_this_hand_outs_lock(store: LeaseStore, fence: Fenc
     assert fence.release(lock)
     assert store.redis.get(lock.key) is None
     assert not fence.release(lock)
+
+
+def test_a_renewal_can_read_the_cancel_relay_in_the_same_round_trip(
+    store: LeaseStore, fence: Fence, client: redis.Redis
+) -> None:
+    # given a running lease, and then a relayed cancel
+    lock = taken(store, fence)
+    assert fence.renew(lock, 15, read_cancel=True).cancel_reason is None
+    request_cancel(client, "k1", "canceled by Data Pipeline", 60)
+    # when it is renewed, then the reason comes back only when asked for, and the renewal still holds
+    asked = fence.renew(lock, 15, read_cancel=True)
+    assert asked.ok and asked.cancel_reason == "canceled by Data Pipeline"
+    assert fence.renew(lock, 15).cancel_reason is None
+    # and a superseded renewal still carries the reason
+    store.claim("k1", GROUP, {"pipeline_id": "df-1", "instance_id": "@A_1"})
+    superseded = fence.renew(lock, 15, read_cancel=True)
+    assert superseded.superseded and superseded.cancel_reason == "canceled by Data Pipeline"
 
 
 def test_the_cancel_relay_carries_its_reason_for_a_while(client: redis.Redis, fence: Fence) -> None:
@@ -320,13 +349,16 @@ def execute(
     tmp_path: Path,
     handler: Callable[[TaskContext], Outcome] = lambda ctx: Outcome.finished(),
     epoch: int | None = None,
+    interval_s: float = 30.0,
     **settings: Any,
 ) -> str:
     """Run one message for ``KEY`` (queued now, unless ``epoch`` is given) through an execution."""
     if epoch is None:
         epoch = queued(store, KEY)
     runtime = Runtime(Settings(work_dir=str(tmp_path), **settings), api, store, "worker:1")  # type: ignore[arg-type]
-    body = TaskMessage(1, KEY, epoch, GROUP, "dp.wg", "ShellCommandActivity", 30.0, 300.0, 0.0, TASK).to_body()
+    body = TaskMessage(
+        1, KEY, epoch, GROUP, "dp.wg", "ShellCommandActivity", interval_s, 10 * interval_s, 0.0, TASK
+    ).to_body()
     return Execution(runtime, body, {"ShellCommandActivity": handler}).run()
 
 
@@ -336,6 +368,67 @@ def test_a_finished_task_is_reported_and_frees_its_instance(store: LeaseStore, t
     assert api.calls[-1] == "SetTaskStatus FINISHED"
     assert state_of(store, KEY)[0] == "done"
     assert store.redis.get(run_lock_key("df-1", "@A_1")) is None
+
+
+# -- taking heartbeating over from the bridge -----------------------------------------------------------
+
+
+def test_a_task_taken_within_an_interval_of_the_last_beat_starts_without_a_beat(
+    store: LeaseStore, tmp_path: Path
+) -> None:
+    # given a lease the poller acknowledged 1 s ago (heartbeat interval 30 s)
+    epoch = queued(store, KEY, last_beat=time.time() - 1)
+    api = Api()
+    # when a short task runs, then Data Pipeline gets its outcome and no heartbeat from the worker
+    assert execute(store, api, tmp_path, epoch=epoch) == "finished"
+    assert api.calls == ["SetTaskStatus FINISHED"]
+
+
+@pytest.mark.parametrize("last_beat_ago_s", [None, 31.0, -60.0], ids=["unknown", "older than an interval", "future"])
+def test_a_task_whose_last_beat_is_old_or_unknown_beats_before_its_handler(
+    store: LeaseStore, tmp_path: Path, last_beat_ago_s: float | None
+) -> None:
+    # given a lease with no usable last beat: none recorded, one older than the 30 s interval, one from a skewed clock
+    fields = {} if last_beat_ago_s is None else {"last_beat": time.time() - last_beat_ago_s}
+    epoch = queued(store, KEY, **fields)
+    api = Api()
+    seen: list[list[str]] = []
+
+    def handler(ctx: TaskContext) -> Outcome:
+        seen.append(list(api.calls))
+        return Outcome.finished()
+
+    # when it runs, then a heartbeat reaches Data Pipeline before the handler starts, as the only one
+    assert execute(store, api, tmp_path, handler=handler, epoch=epoch) == "finished"
+    assert seen == [["ReportTaskProgress"]]
+    assert api.calls == ["ReportTaskProgress", "SetTaskStatus FINISHED"]
+
+
+def test_a_long_task_beats_one_interval_after_the_bridges_last_beat_and_self_fences_from_it(
+    store: LeaseStore, tmp_path: Path
+) -> None:
+    # given a lease acknowledged 0.5 s ago, with a 2 s heartbeat interval
+    acked = time.time() - 0.5
+    epoch = queued(store, KEY, last_beat=acked)
+    api = Api()
+    beats: list[float] = []
+    lease_beats: list[float] = []
+
+    def handler(ctx: TaskContext) -> Outcome:
+        # (the lease guard renews every second, writing the last accepted beat it knows to the lease)
+        time.sleep(1.2)
+        lease = store.get(KEY)
+        lease_beats.append(lease.last_beat if lease is not None else 0.0)
+        wait_for(lambda: "ReportTaskProgress" in api.calls, timeout=5, what="the worker's first beat")
+        beats.append(time.time())
+        return Outcome.finished()
+
+    # when it runs for longer than the interval
+    assert execute(store, api, tmp_path, handler=handler, epoch=epoch, interval_s=2.0) == "finished"
+    # then the lease still counts from the bridge's beat until the worker's own, due one interval after it
+    assert lease_beats == [pytest.approx(acked)]
+    assert acked + 2.0 <= beats[0] <= acked + 2.0 + 1.5
+    assert api.calls[0] == "ReportTaskProgress" and api.calls[-1] == "SetTaskStatus FINISHED"
 
 
 def test_task_not_found_after_a_transport_error_counts_as_delivered(store: LeaseStore, tmp_path: Path) -> None:
