@@ -297,8 +297,14 @@ def render(result: Result, quick: bool, env: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+#: Where the running scenario writes (``--output-dir``); scenarios that keep extra files put them under it.
+OUTPUT_DIR = RESULTS_DIR
+
+
 def execute(run: Callable[[bool], Result], quick: bool, output_dir: Path = RESULTS_DIR) -> str:
     """Run one scenario, print its tables, write its JSON; returns what was printed."""
+    global OUTPUT_DIR
+    OUTPUT_DIR = output_dir
     env = environment()
     started = time.monotonic()
     result = run(quick)

@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # bench and tests are not installed packages
 
-from bench import systems  # noqa: E402
-from bench.common import RESULTS_DIR, BenchError, Result, fmt, log, main, median, runs_for, table  # noqa: E402
+from bench import common, systems  # noqa: E402
+from bench.common import BenchError, Result, fmt, log, main, median, runs_for, table  # noqa: E402
 from bench.stack import BenchStack  # noqa: E402
 from bench.systems import Batch  # noqa: E402
 
@@ -42,7 +42,6 @@ QUICK_TASKS = 30
 #: With its warm-up (one task per slot), inside the API budget's burst: a claim leaves 30 % of the 90 tokens, and each
 #: task takes two ReportTaskProgress tokens (the acknowledgement, the worker's first beat).
 BUDGET_TASKS = 24
-PROFILE_DIR = RESULTS_DIR / "profiles"
 #: Untimed no-op tasks before a system's timed batches (clients, connections and threads get built).
 WARMUP = 2 * SLOTS
 #: Areas shown in the profile table (the rest are summed as "everything else").
@@ -79,13 +78,14 @@ def _profile(stack: BenchStack, count: int) -> dict[str, dict[str, object]]:
             systems.batch(stack, s, count)
             window(("model",), "stop")
         found: dict[str, dict[str, object]] = {}
-        PROFILE_DIR.mkdir(parents=True, exist_ok=True)
+        profile_dir = common.OUTPUT_DIR / "profiles"
+        profile_dir.mkdir(parents=True, exist_ok=True)
         for name, path in files.items():
             report = Path(f"{path}.json")
             if not report.exists():
                 raise BenchError(f"the profiled {name} wrote no report")
             found[name] = json.loads(report.read_text())
-            shutil.copy(path, PROFILE_DIR / f"{NAME}-{name}.txt")
+            shutil.copy(path, profile_dir / f"{NAME}-{name}.txt")
         return found
     finally:
         shutil.rmtree(work, ignore_errors=True)
