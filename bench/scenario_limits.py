@@ -217,8 +217,15 @@ def probe(tasks: int, deadline_s: float, claim_limit_s: float) -> Probe:
             deadline = time.monotonic() + 60 + len(started) / 5
             while time.monotonic() < deadline and not started <= _running(stack, started_at)[1]:
                 time.sleep(0.5)
-            time.sleep(3.0)
-            finished = {_instance(f"{e.attempt_id}") for e in stack.log.ended(since) if e.status == "FINISHED"}
+            # Then every SetTaskStatus: at the budget's 9/s once its burst is spent, a few seconds for a large probe.
+            wanted = {_instance(key.split("/", 1)[1]) for key in started}
+            deadline = time.monotonic() + 30 + len(started) / 5
+            while True:
+                reported = {_instance(f"{e.attempt_id}"): e.status for e in stack.log.ended(since)}
+                if wanted <= reported.keys() or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            finished = {key for key, status in reported.items() if status == "FINISHED"}
             metrics = scrape(port)
             after = stack.counters()
             worker_log = s.processes["worker"].text()

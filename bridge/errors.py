@@ -35,6 +35,10 @@ class Throttled(RemoteError):
     retryable = True
 
 
+#: ``Throttled.code`` when the fleet's own API budget refused the call (it was never sent).
+BUDGET_EXHAUSTED = "LocalBudgetExhausted"
+
+
 class Unavailable(RemoteError):
     """The service answered 5xx, or the connection failed or timed out."""
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bridge.api import TaskApi
-from bridge.errors import BrokerError, InvalidTask, RemoteError, TaskGone, Unavailable
+from bridge.errors import BUDGET_EXHAUSTED, BrokerError, InvalidTask, RemoteError, TaskGone, Throttled, Unavailable
 from bridge.fencing import request_cancel
 from bridge.leases import Lease, LeaseState, LeaseStore, TransitionResult
 from bridge.messages import TaskMessage, argsrepr
@@ -191,6 +191,8 @@ class Keeper:
         is_alive: Whether a bridge process (by owner id) still has its liveness key.
         has_consumer: Whether a queue has a live worker.
         budget: The rate limiter (``None``: never stretch).
+        early_api: The same client, for beats sent before they must be: refused at once (``Throttled``,
+            ``BUDGET_EXHAUSTED``) rather than take a token from below the pressure line (``None``: ``api``).
     """
 
     def __init__(
@@ -205,10 +207,12 @@ class Keeper:
         is_alive: Callable[[str], bool] = lambda owner: True,
         has_consumer: Callable[[str], bool] = lambda queue: True,
         budget: Budget | None = None,
+        early_api: TaskApi | None = None,
     ) -> None:
         self.settings = settings
         self.worker_groups = settings.worker_groups
         self.api = api
+        self.early_api = early_api
         self.leases = leases
         self.owner = owner
         self.publisher = publisher
@@ -432,33 +436,45 @@ class Keeper:
         for held in due:
             latest = held.last_beat + held.deadline_s - beat_margin_s(held.deadline_s) - STRETCH_SLACK_S
             urgent = now >= latest
-            if not urgent and self.budget is not None and self.budget.pressure("ReportTaskProgress"):
-                held.next_beat = min(now + 1.0, latest)
-                self.stats.stretched += 1
-                if not held.stretched:
-                    held.stretched = True
-                    if now - self._last_stretch_log > 10:
-                        self._last_stretch_log = now
-                        log.warning(
-                            "budget pressure: stretching heartbeats worker_group=%s task_key=%s (deadline in %.0f s)",
-                            held.worker_group,
-                            held.task_key,
-                            held.last_beat + held.deadline_s - now,
-                        )
+            if urgent or self.budget is None:
+                self.beat(held)
                 continue
-            self.beat(held)
+            # It could wait: sent only while the budget is above the pressure line, else stretched.
+            if not self.budget.pressure("ReportTaskProgress") and self.beat(held, early=True):
+                continue
+            held.next_beat = min(now + 1.0, latest)
+            self.stats.stretched += 1
+            if not held.stretched:
+                held.stretched = True
+                if now - self._last_stretch_log > 10:
+                    self._last_stretch_log = now
+                    log.warning(
+                        "budget pressure: stretching heartbeats worker_group=%s task_key=%s (deadline in %.0f s)",
+                        held.worker_group,
+                        held.task_key,
+                        held.last_beat + held.deadline_s - now,
+                    )
 
-    def beat(self, held: Held) -> None:
+    def beat(self, held: Held, early: bool = False) -> bool:
+        """One ReportTaskProgress for ``held``; ``False`` only when an early beat got no token (nothing was sent).
+
+        Args:
+            early: The beat could still wait: send it through ``early_api``, which refuses rather than take
+                a token from below the budget's pressure line.
+        """
+        api = self.early_api if early and self.early_api is not None else self.api
         sent = time.time()  # Data Pipeline's deadline runs from when the beat reached it: never earlier
         try:
-            canceled = self.api.report_task_progress(held.task_id)
+            canceled = api.report_task_progress(held.task_id)
         except TaskGone as exc:
             log.warning(
                 "lost worker_group=%s task_key=%s while %s: %s", held.worker_group, held.task_key, held.state, exc
             )
             self._end(held, LeaseState.LOST, f"lost: {exc.code}")
-            return
+            return True
         except RemoteError as exc:
+            if early and isinstance(exc, Throttled) and exc.code == BUDGET_EXHAUSTED:
+                return False
             # Back off per lease (never past one interval), or every failing lease is retried each tick and
             # the keeper alone overruns the account's ReportTaskProgress rate exactly when it is throttled.
             held.failures += 1
@@ -472,17 +488,18 @@ class Keeper:
                 retry_in,
             )
             held.next_beat = time.time() + retry_in
-            return
+            return True
         held.failures = 0
         held.stretched = False
         self.stats.beats += 1
         if canceled and held.state != LeaseState.REPORTING:
             log.info("canceled worker_group=%s task_key=%s while %s", held.worker_group, held.task_key, held.state)
             self._end(held, LeaseState.CANCELED, "canceled by Data Pipeline")
-            return
+            return True
         held.last_beat = sent
         held.next_beat = sent + held.interval_s
         self._record(held, last_beat=sent, next_beat=held.next_beat)
+        return True
 
     def _record(self, held: Held, **fields: Any) -> None:
         """Best-effort write of beat times to a lease still in the state we know, with our epoch."""

@@ -92,6 +92,7 @@ class BridgeProcess:
             is_alive=lambda owner: Liveness.is_alive(self.leases.redis, owner),
             has_consumer=self._has_consumer,
             budget=self.pressure,
+            early_api=self.api.early(),
         )
         self.pollers = [
             Poller(

@@ -5,13 +5,14 @@ account shares (the console, other tools), so the bridge budgets a fraction of e
 live in Redis so every bridge process and worker draws from the same ones; Redis's own clock
 refills them, so the processes' clocks never matter.
 
-Callers share a bucket at three priorities. A lower priority only takes a token while the bucket
-keeps a reserve for the higher ones, so under pressure polls and acknowledgements starve first,
-then heartbeats, and SetTaskStatus last::
+Callers share a bucket at four priorities. A lower priority only takes a token while the bucket
+keeps a reserve for the higher ones, so under pressure heartbeats that could wait give way first, then
+polls and acknowledgements, then heartbeats that cannot wait, and SetTaskStatus last::
 
     REPORT     SetTaskStatus                          may empty the bucket
-    HEARTBEAT  heartbeats, runner heartbeats, lookups  leaves HEARTBEAT_RESERVE of the burst
+    HEARTBEAT  heartbeats due now, lookups            leaves HEARTBEAT_RESERVE of the burst
     CLAIM      PollForTask, acknowledgements           leaves CLAIM_RESERVE of the burst
+    EARLY      heartbeats that could still wait        leaves PRESSURE_SHARE of the burst, never waits
 
 When Redis is unreachable, REPORT and HEARTBEAT fall back at once to a process-local bucket at a
 fraction of the budget, and CLAIM raises ``BrokerError``: polls stop until Redis is back.
@@ -36,7 +37,7 @@ from botocore.config import Config
 
 from bridge.api import TaskApi
 from bridge.apiwrap import DelegatingApi
-from bridge.errors import BrokerError, ConfigError, Throttled
+from bridge.errors import BUDGET_EXHAUSTED, BrokerError, ConfigError, Throttled
 from bridge.leases import PREFIX
 from bridge.settings import Settings
 
@@ -61,20 +62,34 @@ class Priority(IntEnum):
     REPORT = 0
     HEARTBEAT = 1
     CLAIM = 2
+    #: A heartbeat sent ahead of its latest moment: it takes a token only from above the pressure line, or
+    #: is not sent (and waits for its deadline), so a crowd of them can never use up what urgent beats need.
+    EARLY = 3
 
 
 #: Share of an operation's burst a HEARTBEAT must leave in the bucket, kept for SetTaskStatus.
 HEARTBEAT_RESERVE = 0.10
 #: Share of an operation's burst a CLAIM must leave in the bucket, kept for heartbeats and SetTaskStatus.
 CLAIM_RESERVE = 0.30
+#: Below this share of its burst an operation's bucket is "under pressure": heartbeats that can wait, wait.
+#: It sits well above CLAIM_RESERVE, so beats that can wait stop before claims do: between the two only
+#: claims and beats that cannot wait take tokens, and claims slow down only once the beats that must be
+#: sent (one per lease per stretched period) use the rate up.
+PRESSURE_SHARE = 0.5
 # Reserves apply in every bucket, even one only claims use (PollForTask): they trim its burst, not its rate.
 RESERVES: Mapping[Priority, float] = {
     Priority.REPORT: 0.0,
     Priority.HEARTBEAT: HEARTBEAT_RESERVE,
     Priority.CLAIM: CLAIM_RESERVE,
+    Priority.EARLY: PRESSURE_SHARE,
 }
 #: How long ``RateLimitedApi`` waits for a token before raising ``Throttled``, per priority.
-ACQUIRE_TIMEOUT_S: Mapping[Priority, float] = {Priority.REPORT: 60.0, Priority.HEARTBEAT: 60.0, Priority.CLAIM: 30.0}
+ACQUIRE_TIMEOUT_S: Mapping[Priority, float] = {
+    Priority.REPORT: 60.0,
+    Priority.HEARTBEAT: 60.0,
+    Priority.CLAIM: 30.0,
+    Priority.EARLY: 0.0,
+}
 #: How often a limiter running on its local buckets checks whether Redis is back.
 RECHECK_S = 2.0
 #: Upward jitter on each sleep, as a share of the wait (so waiters do not all wake at once).
@@ -278,7 +293,8 @@ class RateLimiter:
                 self._record(op, waited, now - start, timed_out=False)
                 return True
             if deadline is not None and now + wait > deadline:
-                self._record(op, waited, now - start, timed_out=True)
+                if priority is not Priority.EARLY:  # (an early beat refused is the design, not a shortage)
+                    self._record(op, waited, now - start, timed_out=True)
                 return False
             waited = True
             time.sleep(min(MAX_SLEEP_S, wait * (1.0 + random.uniform(0.0, JITTER))))
@@ -414,13 +430,6 @@ class NullLimiter:
         """Nothing to stop."""
 
 
-#: Below this share of its burst an operation's bucket is "under pressure": heartbeats that can wait, wait.
-#: It sits well above CLAIM_RESERVE, so beats that can wait stop before claims do: between the two only
-#: claims and beats that cannot wait take tokens, and claims slow down only once the beats that must be
-#: sent (one per lease per stretched period) use the rate up.
-PRESSURE_SHARE = 0.5
-
-
 class BudgetPressure:
     """How full an operation's shared bucket is (read at most every half second: one Redis read per tick).
 
@@ -492,10 +501,15 @@ class RateLimitedApi(DelegatingApi):
         """A view on the same budget whose ``report_task_progress`` is a CLAIM (for acknowledgements)."""
         return RateLimitedApi(self.inner, self.limiter, Priority.CLAIM, self._timeouts_s)
 
+    def early(self) -> RateLimitedApi:
+        """A view whose ``report_task_progress`` is an EARLY beat: sent only with a token from above the
+        pressure line, else refused at once (``Throttled`` with code ``BUDGET_EXHAUSTED``) and not sent."""
+        return RateLimitedApi(self.inner, self.limiter, Priority.EARLY, self._timeouts_s)
+
     def _call(self, op: str, fn: Callable[[], T]) -> T:
         priority = self.progress_priority if op == "ReportTaskProgress" else CALL_PRIORITY.get(op, Priority.HEARTBEAT)
         if not self.limiter.acquire(op, priority, self._timeouts_s.get(priority)):
-            raise Throttled(f"local API budget exhausted for {op}", "LocalBudgetExhausted")
+            raise Throttled(f"local API budget exhausted for {op}", BUDGET_EXHAUSTED)
         return fn()
 
 

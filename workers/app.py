@@ -62,9 +62,11 @@ def runtime(pid: int) -> Runtime:
     leases = LeaseStore.from_url(settings.redis_url)
     # Every call a worker makes takes a token from the fleet's shared API budget.
     limiter = build_limiter(settings, LeaseStore.fast_client(settings.redis_url))
+    api = RateLimitedApi(METRICS.wrap(Boto3TaskApi(settings.endpoint_url, settings.region)), limiter)
     return Runtime(
         settings=settings,
-        api=RateLimitedApi(METRICS.wrap(Boto3TaskApi(settings.endpoint_url, settings.region)), limiter),
+        api=api,
+        early_api=api.early(),
         leases=leases,
         worker_id=f"worker:{socket.gethostname()}:{pid}",
         fence=Fence.from_url(settings.redis_url),

@@ -68,6 +68,8 @@ class Runtime:
     fence: Fence | None = None
     #: Budget pressure for stretching heartbeats (``None``: never stretch).
     budget: Budget | None = None
+    #: ``api`` for heartbeats that could still wait (``RateLimitedApi.early``; ``None``: ``api``).
+    early_api: TaskApi | None = None
 
 
 @dataclass(frozen=True)
@@ -259,6 +261,7 @@ class Execution:
             deadline_s=message.progress_deadline_s,
             budget=self.rt.budget,
             worker_group=message.worker_group,
+            early_api=self.rt.early_api,
         )
         # The bridge beat the task until this take (it stops once the lease is running). If its last beat is recent,
         # our first one is due an interval after it (a task shorter than that sends none); otherwise, or when the

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 
 from bridge.api import TaskApi
-from bridge.errors import BrokerError, RemoteError, TaskGone
+from bridge.errors import BUDGET_EXHAUSTED, BrokerError, RemoteError, TaskGone, Throttled
 from bridge.fencing import Fence, RunningLock
 from bridge.keeper import STRETCH_SLACK_S, Budget, beat_margin_s
 
@@ -160,6 +160,8 @@ class Heartbeat:
         deadline_s: The task's progress deadline (stretched beats still land a margin before it).
         budget: Tells whether the shared ReportTaskProgress budget runs low; ``None``: never stretch.
         worker_group: For log lines.
+        early_api: The same client for beats that could still wait: it refuses at once (``Throttled``,
+            ``BUDGET_EXHAUSTED``) rather than take a token from below the budget's pressure line; ``None``: ``api``.
     """
 
     def __init__(
@@ -173,8 +175,10 @@ class Heartbeat:
         deadline_s: float | None = None,
         budget: Budget | None = None,
         worker_group: str = "",
+        early_api: TaskApi | None = None,
     ) -> None:
         self.api = api
+        self.early_api = early_api
         self.worker_group = worker_group
         self.deadline_s = deadline_s or 3 * interval_s
         self.budget = budget
@@ -223,16 +227,26 @@ class Heartbeat:
         self._next_beat = at + self.interval_s
         return True
 
-    def beat(self) -> None:
-        """One ReportTaskProgress; failures other than cancellation are logged and retried next time."""
+    def beat(self, early: bool = False) -> bool:
+        """One ReportTaskProgress; failures other than cancellation are logged and retried next time.
+
+        Args:
+            early: The beat could still wait: send it through ``early_api`` (see the class).
+
+        Returns:
+            ``False`` only when an early beat got no token from the budget (nothing was sent).
+        """
+        api = self.early_api if early and self.early_api is not None else self.api
         # Data Pipeline's deadline runs from when the beat reached it, never earlier than it was sent.
         sent = time.time()
         try:
-            canceled = self.api.report_task_progress(self.task_id)
+            canceled = api.report_task_progress(self.task_id)
         except TaskGone as exc:
             self._cancel(f"lost: {exc.code}")
-            return
+            return True
         except RemoteError as exc:
+            if early and isinstance(exc, Throttled) and exc.code == BUDGET_EXHAUSTED:
+                return False
             retry_in = min(self.interval_s, RETRY_S)
             self._next_beat = time.time() + retry_in
             log.warning(
@@ -242,10 +256,10 @@ class Heartbeat:
                 exc,
                 retry_in,
             )
-            return
+            return True
         if canceled:
             self._cancel("canceled by Data Pipeline")
-            return
+            return True
         self.beats += 1
         self.last_beat = self._last_ok = sent
         self._next_beat = self._last_ok + self.interval_s
@@ -256,6 +270,7 @@ class Heartbeat:
                 log.warning(
                     "could not record heartbeat worker_group=%s task_key=%s: %s", self.worker_group, self.task_key, exc
                 )
+        return True
 
     def _cancel(self, reason: str) -> None:
         if self.cancel.request(reason):
@@ -276,18 +291,21 @@ class Heartbeat:
         """Beat now, or, when the budget runs low and the deadline is still far, stretch this interval."""
         now = time.time()
         latest = self._last_ok + self.deadline_s - beat_margin_s(self.deadline_s) - STRETCH_SLACK_S
-        if self.budget is not None and now < latest and self.budget.pressure("ReportTaskProgress"):
-            self._next_beat = min(now + 1.0, latest)
-            if not self.stretched % 30:
-                log.warning(
-                    "API budget pressure: stretching heartbeats of worker_group=%s task_key=%s (deadline in %.0f s)",
-                    self.worker_group,
-                    self.task_key,
-                    self._last_ok + self.deadline_s - now,
-                )
-            self.stretched += 1
+        if self.budget is None or now >= latest:
+            self.beat()
             return
-        self.beat()
+        # It could wait: sent only while the budget is above the pressure line, else stretched.
+        if not self.budget.pressure("ReportTaskProgress") and self.beat(early=True):
+            return
+        self._next_beat = min(now + 1.0, latest)
+        if not self.stretched % 30:
+            log.warning(
+                "API budget pressure: stretching heartbeats of worker_group=%s task_key=%s (deadline in %.0f s)",
+                self.worker_group,
+                self.task_key,
+                self._last_ok + self.deadline_s - now,
+            )
+        self.stretched += 1
 
     def stop(self) -> None:
         """Stop beating (idempotent); the thread ends within one interval at most."""

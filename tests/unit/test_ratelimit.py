@@ -14,7 +14,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from bridge.errors import BrokerError, ConfigError, Throttled, Unavailable
+from bridge.errors import BUDGET_EXHAUSTED, BrokerError, ConfigError, Throttled, Unavailable
 from bridge.ratelimit import (
     AWS_LIMITS,
     BudgetPressure,
@@ -151,6 +151,32 @@ def test_beats_that_can_wait_stretch_before_claims_stop(make_limiter: MakeLimite
     # and an operation without a limit is never under pressure
     assert not BudgetPressure(limiter).starved("PollForTask")
     assert not BudgetPressure(limiter).pressure("PollForTask")
+
+
+def test_an_early_beat_takes_only_from_above_the_pressure_line_and_never_waits(make_limiter: MakeLimiter) -> None:
+    # given a slowly refilled bucket of 100 (the pressure line: 50)
+    limiter = make_limiter({"ReportTaskProgress": (0.01, 100.0)})
+    assert all(take(limiter, "ReportTaskProgress", Priority.REPORT, 45))  # 55 left
+
+    # then early beats take tokens down to the line and are refused at once below it, counting no shortage
+    granted = [limiter.acquire("ReportTaskProgress", Priority.EARLY, timeout_s=0) for _ in range(8)]
+    assert granted == [True] * 5 + [False] * 3
+    assert limiter.wait_stats()["ReportTaskProgress"].timeouts == 0
+    # while claims and heartbeats due now still get theirs
+    assert limiter.acquire("ReportTaskProgress", Priority.CLAIM, timeout_s=0)
+    assert limiter.acquire("ReportTaskProgress", Priority.HEARTBEAT, timeout_s=0)
+
+
+def test_the_early_view_refuses_without_sending(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter({"ReportTaskProgress": (0.01, 10.0)})
+    assert all(take(limiter, "ReportTaskProgress", Priority.REPORT, 6))  # 4 left, under the line of 5
+    inner = FakeApi()
+    with pytest.raises(Throttled) as refused:
+        RateLimitedApi(inner, limiter).early().report_task_progress("t")
+    assert refused.value.code == BUDGET_EXHAUSTED
+    assert inner.calls == []
+    assert RateLimitedApi(inner, limiter).report_task_progress("t") is False  # a beat due now goes through
+    assert len(inner.calls) == 1
 
 
 def test_an_idle_bucket_expires(make_limiter: MakeLimiter, redis_server: RedisServer) -> None:

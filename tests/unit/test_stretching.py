@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from bridge.errors import BUDGET_EXHAUSTED, Throttled
 from bridge.keeper import Held, Keeper, beat_margin_s
 from bridge.leases import LeaseState, TransitionResult
 from bridge.settings import Settings
@@ -95,3 +96,44 @@ def test_a_running_tasks_heartbeat_stretches_under_pressure_and_beats_before_the
     beat._last_ok = time.time() - 26  # 1 s from deadline - margin: due whatever the budget says
     beat.beat_when_due()
     assert api.beaten == ["t"]
+
+
+class RefusingEarlyApi(Api):
+    """The early view of an API whose budget sits below the pressure line: it refuses, sending nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused: list[str] = []
+
+    def report_task_progress(self, task_id: str, fields: Any = None) -> bool:
+        self.refused.append(task_id)
+        raise Throttled("local API budget exhausted for ReportTaskProgress", BUDGET_EXHAUSTED)
+
+
+def test_a_beat_that_can_wait_gets_no_token_from_below_the_pressure_line_and_is_stretched() -> None:
+    # given no pressure seen yet (the reading is cached) but a bucket already below the pressure line, so the
+    # early view refuses: a crowd of due beats must not drain what urgent ones need
+    api, early = Api(), RefusingEarlyApi()
+    k = Keeper(Settings(worker_groups=("wg",)), api, Leases(), "me", budget=Budget(False), early_api=early)  # type: ignore[arg-type]
+    now = time.time()
+    urgent, relaxed = held("urgent", now - 26), held("relaxed", now - 11)
+    k.track(urgent)
+    k.track(relaxed)
+
+    # when the keeper ticks
+    k.beat_due()
+
+    # then the relaxed lease asked the early view, was refused and is put off (not a failure); the urgent one
+    # went through the normal client
+    assert early.refused == ["relaxed"] and api.beaten == ["urgent"]
+    assert k.stats.stretched == 1 and k.stats.beat_failures == 0 and relaxed.failures == 0
+    assert now < relaxed.next_beat <= relaxed.last_beat + relaxed.deadline_s - beat_margin_s(relaxed.deadline_s)
+
+    # and a running task's heartbeat does the same
+    beat = Heartbeat(api, "t", "k", 10.0, CancelSignal(), deadline_s=30.0, budget=Budget(False), early_api=early)  # type: ignore[arg-type]
+    beat._last_ok = time.time() - 11
+    beat.beat_when_due()
+    assert early.refused[-1] == "t" and api.beaten == ["urgent"] and beat.stretched == 1
+    beat._last_ok = time.time() - 26
+    beat.beat_when_due()
+    assert api.beaten == ["urgent", "t"]
