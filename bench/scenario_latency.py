@@ -93,7 +93,7 @@ def run(quick: bool) -> Result:
     spec = (
         ("available", "available -> claimed (held poll answered)", None),
         ("delivery", "claimed -> Celery task starts (lease, ack, publish, delivery)", None),
-        ("take", "Celery task starts -> handler starts (take lease, first beat)", None),
+        ("take", "Celery task starts -> handler starts (take the lease, start the loops)", None),
         ("claim", "**claimed -> handler starts**", (TARGET_P50_MS, TARGET_P99_MS)),
         ("report", "**handler ends -> SetTaskStatus received**", None),
         ("total", "available -> SetTaskStatus received (no-op handler)", None),
