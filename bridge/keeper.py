@@ -59,6 +59,17 @@ def beat_margin_s(deadline_s: float) -> float:
 STRETCH_SLACK_S = 2 * KEEPER_TICK_S
 
 
+#: A failed beat's retry is sent at the latest this long before the progress deadline (and never sooner than
+#: RETRY_MIN_S after the failure), so a stretched beat that fails still gets one more try in time.
+RETRY_LEAD_S = 1.0
+RETRY_MIN_S = 0.5
+
+
+def retry_at(now: float, retry_in: float, last_ok: float, deadline_s: float) -> float:
+    """When to retry a failed beat: after ``retry_in``, but not past the deadline minus ``RETRY_LEAD_S``."""
+    return max(now + RETRY_MIN_S, min(now + retry_in, last_ok + deadline_s - RETRY_LEAD_S))
+
+
 def stretched_period_s(deadline_s: float) -> float:
     """Seconds between two beats of one lease when the budget stretches them as far as they go."""
     return max(1.0, deadline_s - beat_margin_s(deadline_s) - STRETCH_SLACK_S)
@@ -487,7 +498,7 @@ class Keeper:
                 exc,
                 retry_in,
             )
-            held.next_beat = time.time() + retry_in
+            held.next_beat = retry_at(time.time(), retry_in, held.last_beat, held.deadline_s)
             return True
         held.failures = 0
         held.stretched = False

@@ -264,9 +264,10 @@ class Execution:
             early_api=self.rt.early_api,
         )
         # The bridge beat the task until this take (it stops once the lease is running). If its last beat is recent,
-        # our first one is due an interval after it (a task shorter than that sends none); otherwise, or when the
-        # lease does not say, it is sent before the handler starts. A known last beat is also where self-fencing
-        # counts from (``LeaseGuard.accepted_at``): Data Pipeline's deadline runs from it.
+        # our first one is due an interval after it (a task shorter than that sends none); if older, the loop sends
+        # it at once (stretched under budget pressure, like any beat); only when the lease does not say is it sent
+        # before the handler starts. A known last beat is also where self-fencing counts from
+        # (``LeaseGuard.accepted_at``): Data Pipeline's deadline runs from it.
         beat_now = not heartbeat.continue_from(taken.last_beat)
         guard.accepted_at = heartbeat.accepted_at
         guard.worker_id = self.rt.worker_id
@@ -302,7 +303,7 @@ class Execution:
         beat_now: bool = True,
     ) -> str:
         if beat_now:
-            heartbeat.beat()  # the bridge's last beat is too old (or unknown): take over heartbeating at once
+            heartbeat.beat()  # the bridge's last beat is unknown: take over heartbeating at once
         heartbeat.start()
         if progress is not None:
             progress.start()

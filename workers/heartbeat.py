@@ -24,7 +24,7 @@ from collections.abc import Callable
 from bridge.api import TaskApi
 from bridge.errors import BUDGET_EXHAUSTED, BrokerError, RemoteError, TaskGone, Throttled
 from bridge.fencing import Fence, RunningLock
-from bridge.keeper import STRETCH_SLACK_S, Budget, beat_margin_s
+from bridge.keeper import STRETCH_SLACK_S, Budget, beat_margin_s, retry_at
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,9 @@ FENCE_MARGIN_S = 2.0
 #: How soon a failed heartbeat is tried again (at most one interval).
 RETRY_S = 5.0
 GUARD_TICK_S = 1.0
-#: How far in the future a beat time another host recorded may lie (clock skew) and still be carried on from.
+#: The clock skew allowed between hosts: a beat time another host recorded may lie this far in the future and
+#: still be carried on from, and it is taken as this much older than it says (so a clock behind by up to this
+#: much cannot make a stretched beat late).
 CLOCK_SKEW_S = 2.0
 
 
@@ -93,7 +95,11 @@ class LoopThread:
         if self._started:
             raise RuntimeError(f"loop {self.name} started twice")
         self._started = True
-        _loop_threads(os.getpid()).run(self)
+        try:
+            _loop_threads(os.getpid()).run(self)
+        except BaseException:  # no thread runs it: never "alive", so nobody waits on it
+            self._done.set()
+            raise
 
     def run_here(self) -> None:
         """Run the loop on the calling thread (the pool's), then mark it done."""
@@ -137,6 +143,7 @@ class _LoopThreads:
             loop = inbox.get()
             thread.name = loop.name
             loop.run_here()
+            del loop  # an idle thread must not keep the last task's heartbeat (its clients, its closures) alive
             thread.name = "loop-idle"
             self._idle.put(inbox)
 
@@ -206,13 +213,14 @@ class Heartbeat:
 
     def continue_from(self, last_accepted: float) -> bool:
         """Take over from the beat Data Pipeline last accepted before this task (the poller's acknowledgement or the
-        keeper's last beat, as the lease records it): whether that beat is recent enough to carry on from.
+        keeper's last beat, as the lease records it): whether the caller may leave the first beat to the loop.
 
-        If it is younger than one interval, it counts as this loop's last accepted beat and the next one is due an
-        interval after it: the caller need not beat now. Otherwise the caller must beat at once. Either way a known
-        time becomes what :meth:`accepted_at` reports (self-fencing must count from Data Pipeline's real last
-        beat), unless it lies in the future by more than ``CLOCK_SKEW_S`` (a suspicious clock on the host that
-        recorded it), which changes nothing.
+        A known time becomes :attr:`last_beat` and, taken as ``CLOCK_SKEW_S`` older than it says (another host's
+        clock wrote it), this loop's last accepted beat: what :meth:`accepted_at` reports (self-fencing counts from
+        it) and what the next beat, stretched or not, is timed from. If it is
+        younger than one interval the next beat is due an interval after it; if older, at once, from the loop,
+        which sends it as any other beat (stretched under budget pressure while the deadline allows). An unknown
+        time, or one further in the future than the skew allows, changes nothing: the caller must beat now.
 
         Args:
             last_accepted: Wall-clock time the accepted call was sent; 0 when unknown.
@@ -221,10 +229,9 @@ class Heartbeat:
         if last_accepted <= 0 or last_accepted > now + CLOCK_SKEW_S:
             return False
         at = min(last_accepted, now)
-        self.last_beat = self._last_ok = at
-        if now - at >= self.interval_s:
-            return False
-        self._next_beat = at + self.interval_s
+        self.last_beat = at  # (what the lease records, unchanged)
+        self._last_ok = at - CLOCK_SKEW_S
+        self._next_beat = max(now, self._last_ok + self.interval_s)
         return True
 
     def beat(self, early: bool = False) -> bool:
@@ -248,7 +255,7 @@ class Heartbeat:
             if early and isinstance(exc, Throttled) and exc.code == BUDGET_EXHAUSTED:
                 return False
             retry_in = min(self.interval_s, RETRY_S)
-            self._next_beat = time.time() + retry_in
+            self._next_beat = retry_at(time.time(), retry_in, self._last_ok, self.deadline_s)
             log.warning(
                 "heartbeat failed worker_group=%s task_key=%s: %s; next try in %.1f s",
                 self.worker_group,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
 import time
 import warnings
+import weakref
 
 import pytest
 
@@ -115,3 +117,25 @@ def test_a_forked_child_runs_loops_on_threads_of_its_own() -> None:
     finally:
         os.close(read)
         os.waitpid(pid, 0)
+
+
+def test_an_idle_thread_keeps_nothing_of_the_loop_it_ran() -> None:
+    # given a loop whose target holds a task's state (a heartbeat's clients and closures, maybe its secrets)
+    class State:
+        def run(self) -> None:
+            pass
+
+    state = State()
+    alive = weakref.ref(state)
+    loop = LoopThread(state.run, "heartbeat-secret")
+    loop.start()
+    loop.join(timeout=5)
+    assert not loop.is_alive()
+
+    # when the task lets go of it, then nothing in the idle thread keeps it alive
+    del loop, state
+    deadline = time.monotonic() + 5
+    while alive() is not None and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.05)
+    assert alive() is None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bridge.errors import BUDGET_EXHAUSTED, Throttled
-from bridge.keeper import Held, Keeper, beat_margin_s
+from bridge.errors import BUDGET_EXHAUSTED, Throttled, Unavailable
+from bridge.keeper import RETRY_LEAD_S, Held, Keeper, beat_margin_s
 from bridge.leases import LeaseState, TransitionResult
 from bridge.settings import Settings
 from workers.heartbeat import CancelSignal, Heartbeat
@@ -137,3 +137,29 @@ def test_a_beat_that_can_wait_gets_no_token_from_below_the_pressure_line_and_is_
     beat._last_ok = time.time() - 26
     beat.beat_when_due()
     assert api.beaten == ["urgent", "t"]
+
+
+class FailingApi(Api):
+    def report_task_progress(self, task_id: str, fields: Any = None) -> bool:
+        self.beaten.append(task_id)
+        raise Unavailable("500", "InternalServiceError")
+
+
+def test_a_stretched_beat_that_fails_is_retried_before_the_deadline() -> None:
+    # given a 20 s deadline (margin 2 s): a beat stretched to its latest moment, 17 s after the last accepted one,
+    # fails with a 500; the usual retry (5 s later, or the keeper's backoff) would land after the deadline
+    api = FailingApi()
+    beat = Heartbeat(api, "t", "k", 6.0, CancelSignal(), deadline_s=20.0, budget=Budget(True))  # type: ignore[arg-type]
+    beat._last_ok = time.time() - 17.0
+    beat.beat_when_due()
+    k = keeper(api, pressure=True)
+    lease = held("q", time.time() - 17.0, deadline_s=20.0, interval_s=6.0)
+    lease.failures = 5  # (a backoff of 30 s)
+    k.track(lease)
+    k.beat_due()
+
+    # then both retry while Data Pipeline still counts the last beat: at the latest a second before the deadline
+    assert api.beaten == ["t", "q"]
+    assert beat._next_beat <= beat._last_ok + 20.0 - RETRY_LEAD_S
+    assert lease.next_beat <= lease.last_beat + 20.0 - RETRY_LEAD_S
+    assert beat._next_beat > time.time() and lease.next_beat > time.time()
