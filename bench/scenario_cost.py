@@ -80,28 +80,18 @@ def _outside(stamps: list[Stamp], since: float) -> dict[str, list[float]]:
 
 def _usage_row(label: str, usage: Usage, claims: int | None, target: bool) -> list[object]:
     per_claim = fmt(1000 * usage.cpu_s / claims, 2) if claims else ""
-    if not target:
-        return [
-            label,
-            fmt(usage.wall_s, 0),
-            fmt(usage.cpu_pct, 2),
-            per_claim,
-            fmt(usage.rss_max_mb, 0),
-            fmt(usage.peak_rss_mb, 0),
-            "",
-            "",
-        ]
-    met = usage.cpu_pct < TARGET_IDLE_CPU_PCT and usage.rss_max_mb < TARGET_IDLE_RSS_MB
-    return [
+    row: list[object] = [
         label,
         fmt(usage.wall_s, 0),
         fmt(usage.cpu_pct, 2),
         per_claim,
         fmt(usage.rss_max_mb, 0),
         fmt(usage.peak_rss_mb, 0),
-        f"< {TARGET_IDLE_CPU_PCT:g} % and < {TARGET_IDLE_RSS_MB:g} MB",
-        verdict(met),
     ]
+    if not target:
+        return [*row, "", ""]
+    met = usage.cpu_pct < TARGET_IDLE_CPU_PCT and usage.rss_max_mb < TARGET_IDLE_RSS_MB
+    return [*row, f"< {TARGET_IDLE_CPU_PCT:g} % and < {TARGET_IDLE_RSS_MB:g} MB", verdict(met)]
 
 
 def run(quick: bool) -> Result:

@@ -39,6 +39,11 @@ class Throttled(RemoteError):
 BUDGET_EXHAUSTED = "LocalBudgetExhausted"
 
 
+def refused_by_budget(exc: BaseException) -> bool:
+    """Whether ``exc`` is the fleet's own API budget refusing a call, which was therefore never sent."""
+    return isinstance(exc, Throttled) and exc.code == BUDGET_EXHAUSTED
+
+
 class Unavailable(RemoteError):
     """The service answered 5xx, or the connection failed or timed out."""
 

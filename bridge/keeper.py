@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bridge.api import TaskApi
-from bridge.errors import BUDGET_EXHAUSTED, BrokerError, InvalidTask, RemoteError, TaskGone, Throttled, Unavailable
+from bridge.errors import BrokerError, InvalidTask, RemoteError, TaskGone, Unavailable, refused_by_budget
 from bridge.fencing import request_cancel
 from bridge.leases import Lease, LeaseState, LeaseStore, TransitionResult
 from bridge.messages import TaskMessage, argsrepr
@@ -484,7 +484,7 @@ class Keeper:
             self._end(held, LeaseState.LOST, f"lost: {exc.code}")
             return True
         except RemoteError as exc:
-            if early and isinstance(exc, Throttled) and exc.code == BUDGET_EXHAUSTED:
+            if early and refused_by_budget(exc):
                 return False
             # Back off per lease (never past one interval), or every failing lease is retried each tick and
             # the keeper alone overruns the account's ReportTaskProgress rate exactly when it is throttled.

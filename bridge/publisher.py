@@ -62,7 +62,7 @@ class BrokerProbe:
         try:
             self.channel: Any = conn.default_channel
         except self.errors as exc:
-            raise BrokerError(f"the broker is unreachable: {str(exc) or type(exc).__name__}") from exc
+            raise _unreachable(exc) from exc
 
     def round_trip(self) -> None:
         """PING for Redis; for AMQP a passive declare of ``amq.direct`` (every virtual host has it).
@@ -76,7 +76,7 @@ class BrokerProbe:
             else:
                 self.channel.exchange_declare(exchange="amq.direct", type="direct", passive=True)
         except self.errors as exc:
-            raise BrokerError(f"the broker is unreachable: {str(exc) or type(exc).__name__}") from exc
+            raise _unreachable(exc) from exc
 
     def close(self) -> None:
         """Close the connection politely (an AMQP close is one more round trip)."""
@@ -87,6 +87,10 @@ class BrokerProbe:
         """Drop a connection that failed, without talking to the broker again."""
         with contextlib.suppress(*self.errors):
             self.conn.collect()
+
+
+def _unreachable(exc: BaseException) -> BrokerError:
+    return BrokerError(f"the broker is unreachable: {str(exc) or type(exc).__name__}")
 
 
 def probe_options(timeout_s: float) -> dict[str, float]:
@@ -191,7 +195,7 @@ class Publisher:
             conn = None  # the probe owns it now
             return probe
         except (KombuError, OSError) as exc:
-            raise BrokerError(f"the broker is unreachable: {str(exc) or type(exc).__name__}") from exc
+            raise _unreachable(exc) from exc
         except (KeyError, ValueError) as exc:  # kombu: unknown transport, bad port or virtual host
             raise ConfigError(f"bad broker URL {self.app.conf.broker_url!r}: {exc}") from exc
         finally:

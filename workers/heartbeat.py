@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 
 from bridge.api import TaskApi
-from bridge.errors import BUDGET_EXHAUSTED, BrokerError, RemoteError, TaskGone, Throttled
+from bridge.errors import BrokerError, RemoteError, TaskGone, refused_by_budget
 from bridge.fencing import Fence, RunningLock
 from bridge.keeper import STRETCH_SLACK_S, Budget, beat_margin_s, retry_at
 
@@ -252,7 +252,7 @@ class Heartbeat:
             self._cancel(f"lost: {exc.code}")
             return True
         except RemoteError as exc:
-            if early and isinstance(exc, Throttled) and exc.code == BUDGET_EXHAUSTED:
+            if early and refused_by_budget(exc):
                 return False
             retry_in = min(self.interval_s, RETRY_S)
             self._next_beat = retry_at(time.time(), retry_in, self._last_ok, self.deadline_s)
